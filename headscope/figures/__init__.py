@@ -1,0 +1,1 @@
+"""Pure (result) -> plotly Figure builders shared by the dashboard, reports and notebooks."""

@@ -1,0 +1,1 @@
+"""Attention implementations: an fp32 reference oracle and fast instrumented kernels."""

@@ -1,0 +1,1 @@
+"""Model loading: TransformerBridge over Hugging Face models, hub, local directory or built-in zoo."""

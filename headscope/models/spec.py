@@ -1,0 +1,70 @@
+"""ModelSpec: the frozen, model-free description of a loaded transformer.
+
+Records carry a ModelSpec so that everything after capture (analyses, figures,
+dashboard, reports) knows the model's shape without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Literal
+
+PositionalScheme = Literal["learned", "rotary", "alibi", "relative", "none"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape and conventions of a model.
+
+    `n_kv_heads < n_heads` means grouped-query attention: query head h reads
+    key/value head `h // (n_heads // n_kv_heads)`. `has_lm_head` is False for
+    encoders whose checkpoint has no trained language-model head (e.g. minilm):
+    their logits mean nothing and must never be shown as predictions.
+    `prepends_bos` says whether headscope prepends a BOS token to text prompts.
+    """
+
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int
+    causal: bool
+    positional: PositionalScheme
+    has_lm_head: bool
+    prepends_bos: bool
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelSpec.{name} must be a positive int, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        known = {f.name for f in fields(cls)}
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelSpec fields: {unknown}")
+        if missing:
+            raise ValueError(f"missing ModelSpec fields: {missing}")
+        return cls(**data)

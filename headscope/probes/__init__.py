@@ -1,0 +1,1 @@
+"""Probes: capture (scoped hooks -> records) and interventions (head gates on z)."""

@@ -1,0 +1,1 @@
+"""Batch head-importance reports."""
