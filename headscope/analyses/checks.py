@@ -26,7 +26,9 @@ def check_pattern(
     if not isinstance(pattern, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(pattern).__name__}")
     if pattern.dim() < min_dims:
-        raise ValueError(f"{name} must have at least {min_dims} dims, got shape {tuple(pattern.shape)}")
+        raise ValueError(
+            f"{name} must have at least {min_dims} dims, got shape {tuple(pattern.shape)}"
+        )
     if pattern.shape[-1] != pattern.shape[-2]:
         raise ValueError(
             f"{name} must be square in its last two dims (query, key), got shape "

@@ -1,1 +1,1 @@
-"""Model loading: TransformerBridge over Hugging Face models, hub, local directory or built-in zoo."""
+"""Model loading: a TransformerBridge over a hub model, a local directory or a built-in."""

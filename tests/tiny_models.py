@@ -1,0 +1,87 @@
+"""Tiny random-weight Hugging Face models built in-process (no download), saved
+with save_pretrained so they load through headscope's local-directory route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = 100
+ARCHES = ("gpt2", "llama", "bert")
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<unk>": 2, **{f"t{i}": i for i in range(3, VOCAB)}}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        eos_token="<bos>",
+    )
+
+
+def tiny_hf_model(arch: str, seed: int = 0):
+    """A 2-layer, 4-head random model: GPT-2 (fused QKV, learned positions),
+    Llama (RoPE, grouped-query: 2 kv heads) or BERT (bidirectional encoder)."""
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=VOCAB, n_positions=64)
+        model = GPT2LMHeadModel(config)
+    elif arch == "llama":
+        config = LlamaConfig(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+        )
+        model = LlamaForCausalLM(config)
+    elif arch == "bert":
+        config = BertConfig(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            hidden_size=32,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
+        model = BertForMaskedLM(config)
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}")
+    return model.eval()
+
+
+def build_tiny(arch: str, directory: str | Path, seed: int = 0) -> Path:
+    """Save a tiny model and tokenizer to `directory`; returns the directory."""
+    directory = Path(directory)
+    tiny_hf_model(arch, seed).save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def load_eager_hf(directory: str | Path):
+    """The same checkpoint as a plain Hugging Face model with eager attention (the oracle)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    config = AutoConfig.from_pretrained(directory)
+    auto = AutoModelForMaskedLM if config.model_type == "bert" else AutoModelForCausalLM
+    return auto.from_pretrained(directory, attn_implementation="eager").eval()
