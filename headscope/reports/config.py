@@ -1,0 +1,50 @@
+"""ReportConfig: everything that determines a report's numbers (and so its shard hash)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from headscope.errors import InputError
+
+METHODS = ("ablation", "gradient", "chg", "attribution")
+METRICS = ("loss", "logit-diff", "embedding")
+
+Metric = Literal["loss", "logit-diff", "embedding"]
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What to compute. `shard_size` prompts per checkpointed shard; CHG is fit
+    once per shard (`seeds` seeds, `chg_steps` Adam steps per phase); prompts
+    longer than the model's context are rejected or truncated (`on_long`)."""
+
+    model: str
+    prompts: str
+    methods: tuple[str, ...] = METHODS
+    metric: Metric = "loss"
+    shard_size: int = 8
+    seeds: int = 5
+    chg_steps: int = 100
+    on_long: Literal["reject", "truncate"] = "reject"
+    on_bad_line: Literal["fail", "skip"] = "fail"
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise InputError(
+                f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}"
+                if unknown
+                else "no methods given"
+            )
+        if self.metric not in METRICS:
+            raise InputError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
+        if self.shard_size < 1 or self.seeds < 1 or self.chg_steps < 1:
+            raise InputError("shard size, seeds and CHG steps must be positive")
+        if self.on_long not in ("reject", "truncate"):
+            raise InputError("on_long must be 'reject' or 'truncate'")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["methods"] = list(self.methods)
+        return data
