@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 
 
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="built-in name, save_pretrained directory or hub name")
+]
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"headscope: error: {message}", err=True)
     raise typer.Exit(code)
@@ -93,6 +98,81 @@ def capture(
             )
     if out is not None:
         typer.echo(f"record written to {out}")
+
+
+@app.command()
+def report(
+    model: ModelOption,
+    prompts: Annotated[Path, typer.Option("--prompts", help=".txt (one per line) or .jsonl")],
+    methods: Annotated[
+        str, typer.Option(help="comma-separated: ablation,gradient,chg,attribution")
+    ] = "ablation,gradient,chg,attribution",
+    metric: Annotated[str, typer.Option(help="loss | logit-diff | embedding")] = "loss",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path(
+        "headscope-report"
+    ),
+    backend: Annotated[str, typer.Option(help="local | ray")] = "local",
+    workers: Annotated[int, typer.Option(help="ray actors (one model each)")] = 2,
+    address: Annotated[
+        str | None, typer.Option(help="address of a running Ray cluster (default: start one)")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(help="prompts per checkpointed shard")] = 8,
+    seeds: Annotated[int, typer.Option(help="Causal Head Gating seeds per shard")] = 5,
+    chg_steps: Annotated[int, typer.Option(help="Adam steps per CHG phase")] = 100,
+    on_bad_line: Annotated[str, typer.Option(help="malformed JSONL lines: fail | skip")] = "fail",
+    on_long: Annotated[
+        str, typer.Option(help="prompts longer than the context: reject | truncate")
+    ] = "reject",
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+) -> None:
+    """Score every head over a prompt file; write report.html/.json and head_scores.parquet/.csv.
+
+    Resumable: rerunning the same command reuses finished shards.
+    """
+    _check_writable(out)
+    try:
+        import warnings
+
+        from headscope.reports.config import ReportConfig
+        from headscope.reports.job import run_report
+
+        config = ReportConfig(
+            model=model,
+            prompts=str(prompts),
+            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+            metric=metric,  # type: ignore[arg-type]
+            shard_size=shard_size,
+            seeds=seeds,
+            chg_steps=chg_steps,
+            on_long=on_long,  # type: ignore[arg-type]
+            on_bad_line=on_bad_line,  # type: ignore[arg-type]
+        )
+        if backend not in ("local", "ray"):
+            _fail(f"unknown backend {backend!r}; choose local or ray")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _warn_line
+            result = run_report(
+                config,
+                out,
+                backend=backend,  # type: ignore[arg-type]
+                workers=workers,
+                address=address,
+                progress=not no_progress,
+            )
+    except HeadscopeError as error:
+        _fail(str(error))
+    typer.echo(
+        f"{result.computed_shards} shard(s) computed, {result.reused_shards} reused; "
+        f"report written to {out}"
+    )
+    for method, rows in result.top_heads.items():
+        heads = ", ".join(f"{r['layer']}.{r['head']} ({r['score']:.3g})" for r in rows[:5])
+        typer.echo(f"  top heads by {method:<12} {heads}")
+
+
+def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"headscope: warning: {message}", err=True)
 
 
 def _check_writable(out: Path) -> None:

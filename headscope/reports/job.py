@@ -39,6 +39,7 @@ class ReportResult:
     computed_shards: int
     reused_shards: int
     files: dict[str, Path]
+    top_heads: dict[str, list[dict]]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -126,10 +127,10 @@ def run_report(
     else:
         raise InputError(f"unknown backend {backend!r}; choose local or ray")
     if stop_after is not None and any(not store.done(i) for i in range(len(shards))):
-        return ReportResult(out, {}, {}, len(pending), reused, {})
+        return ReportResult(out, {}, {}, len(pending), reused, {}, {})
     scores, units = _collect(store, shards, config)
-    files = write_outputs(out, model, config, identity, prompt_set, scores, units)
-    return ReportResult(out, scores, units, len(pending), reused, files)
+    files, top = write_outputs(out, model, config, identity, prompt_set, scores, units)
+    return ReportResult(out, scores, units, len(pending), reused, files, top)
 
 
 def _run_local(model, shards, pending, store, config, progress, reused) -> None:
