@@ -27,9 +27,12 @@ def tiny_tokenizer():
     )
 
 
-def tiny_hf_model(arch: str, seed: int = 0):
+def tiny_hf_model(arch: str, seed: int = 0, initializer_range: float | None = None):
     """A 2-layer, 4-head random model: GPT-2 (fused QKV, learned positions),
-    Llama (RoPE, grouped-query: 2 kv heads) or BERT (bidirectional encoder)."""
+    Llama (RoPE, grouped-query: 2 kv heads) or BERT (bidirectional encoder).
+
+    `initializer_range` (default: the config's 0.02) sets the init std; around 0.2
+    gives peaked attention patterns, which make attention tests discriminating."""
     from transformers import (
         BertConfig,
         BertForMaskedLM,
@@ -67,13 +70,18 @@ def tiny_hf_model(arch: str, seed: int = 0):
         model = BertForMaskedLM(config)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}")
+    if initializer_range is not None:
+        config.initializer_range = initializer_range
+        model.apply(model._init_weights)
     return model.eval()
 
 
-def build_tiny(arch: str, directory: str | Path, seed: int = 0) -> Path:
+def build_tiny(
+    arch: str, directory: str | Path, seed: int = 0, initializer_range: float | None = None
+) -> Path:
     """Save a tiny model and tokenizer to `directory`; returns the directory."""
     directory = Path(directory)
-    tiny_hf_model(arch, seed).save_pretrained(directory)
+    tiny_hf_model(arch, seed, initializer_range).save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return directory
 

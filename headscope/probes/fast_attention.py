@@ -1,0 +1,477 @@
+"""Run a transformer-lens bridge with headscope's tiled attention kernel.
+
+    results = {}
+    with instrumented_attention(model.bridge, collector=lambda l, r: results.setdefault(l, r)):
+        logits = model.bridge(tokens)
+
+Inside the scope every attention layer computes with `kernels.tiled.tiled_attention`
+and hands its `TiledAttentionResult` (statistics for all heads, full maps only
+for the heads in `maps_for`) to `collector(layer, result)`; nothing holds an
+N × N map for all heads. Everything is restored on exit, also after an exception.
+
+Mechanism, and why. transformer-lens 4.x bridges compute attention in one of
+two ways, so one seam does not cover both:
+
+1. Bridges that *delegate* to the Hugging Face module (BERT-style encoders via
+   the generic `AttentionBridge`) reach attention through transformers'
+   `ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`. headscope registers
+   an attention function and a mask function under the name
+   `"headscope_tiled"` (`AttentionInterface` / `AttentionMaskInterface`) and
+   switches the model's configs to it for the scope. The mask function keeps
+   masks structured (None or a `[batch, key]` padding mask for causal models,
+   a `[batch, 1, 1, key]` padding mask for bidirectional ones, the flash-
+   attention convention) so no `[batch, 1, N, N]` float mask is built; masks
+   that are not plain causal / bidirectional (sliding windows, packed
+   sequences, overlays) are materialized as boolean masks and honoured as given.
+2. Bridges that *reconstruct* attention themselves, and so ignore the
+   registry, are patched per instance: GPT-2-style `JointQKVAttentionBridge`
+   at its `_reconstruct_attention(q, k, v)` step (after hook_q/k/v, before the
+   output projection that fires hook_z); Llama-style
+   `PositionEmbeddingsAttentionBridge` (RoPE, grouped-query) by routing its
+   forward back through the Hugging Face module, whose q/k/v/o projections are
+   the bridge's own LinearBridges — so hook_q/k/v/z fire as before — and whose
+   attention call goes through the registry (1). Hugging Face applies RoPE
+   exactly as the checkpoint expects; the kernel receives rotated q and k.
+
+Per-instance patches touch only the bridge in scope (no global monkey-patching
+of classes), and the registry entries are inert unless a config names them.
+Hooks: hook_q/k/v/z, hook_in/hook_out and everything outside attention keep
+firing, so head gates and ablations on z work unchanged. hook_pattern and
+hook_attn_scores do not fire (the maps are not computed for every head; ask for
+them with `maps_for`); on Llama-style bridges hook_rot_q/k and hook_cos/sin do
+not fire either. Padding given as `attention_mask=` reaches the kernel as a key
+padding mask: padded positions are excluded from the statistics.
+
+The kernel is forward-only: calling the model with gradients enabled through
+attention raises RuntimeError (use the eager bridge for gradient methods).
+
+Not supported (raises NotImplementedError on entry or at the call): other
+attention bridge classes, attention softcapping, learned attention sinks,
+dropout in training mode, and the bridge options use_split_qkv_input /
+use_attn_in / use_attn_result on delegating bridges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from headscope.kernels.tiled import TiledAttentionResult, tiled_attention
+
+ATTENTION_NAME = "headscope_tiled"
+Collector = Callable[[int, TiledAttentionResult], None]
+MapSelection = Iterable[tuple[int, int]] | Mapping[int, Iterable[int]] | None
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """What the kernel computes for every layer in scope."""
+
+    stats: bool = True
+    top_k: int | None = None
+    sink_k: int = 1
+    query_tile: int | None = None
+    distance_bins: int | None = None
+
+
+@dataclass
+class InstrumentedAttention:
+    """The live scope: `calls[layer]` counts kernel calls per layer, so callers can
+    check that every layer ran through the kernel."""
+
+    n_layers: int
+    maps_for: dict[int, tuple[int, ...]]
+    options: KernelOptions
+    collector: Collector
+    calls: dict[int, int] = field(default_factory=dict)
+
+    def run_layer(
+        self,
+        layer: int,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        causal: bool,
+        mask: Tensor | None,
+        scale: float | None,
+        window: int | None = None,
+    ) -> Tensor:
+        """Run the kernel for one layer; returns the output `[batch, head, query, d_head]`."""
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+            # The kernel runs without autograd: a silent cut in the graph would give
+            # wrong gradients upstream of attention.
+            raise RuntimeError(
+                "instrumented attention is forward-only: run the model under torch.no_grad() "
+                "(gradients through attention need the eager bridge)"
+            )
+        key_padding, explicit, causal = _interpret_mask(mask, causal, key.shape[2])
+        options = self.options
+        result = tiled_attention(
+            query,
+            key,
+            value,
+            causal=causal,
+            key_padding_mask=key_padding,
+            window=window,
+            attn_mask=explicit,
+            scale=scale,
+            query_tile=options.query_tile,
+            stats=options.stats,
+            sink_k=options.sink_k,
+            top_k=options.top_k,
+            keep_maps_for_heads=self.maps_for.get(layer),
+            distance_bins=options.distance_bins,
+        )
+        self.calls[layer] = self.calls.get(layer, 0) + 1
+        self.collector(layer, result)
+        return result.output
+
+
+# id(HF attention module) -> (scope, layer). Only modules of bridges in scope are here.
+_ACTIVE: dict[int, tuple[InstrumentedAttention, int]] = {}
+
+
+def _interpret_mask(
+    mask: Tensor | None, causal: bool, n_key: int
+) -> tuple[Tensor | None, Tensor | None, bool]:
+    """(key padding `[batch, key]`, explicit mask, causal) from what the model passed.
+
+    None / `[batch, key]`: the module's own causality plus key padding (the
+    flash-attention convention). `[batch, 1, 1, key]`: bidirectional with key
+    padding (headscope's mask function emits this for encoders). Any other 4D
+    mask: used as given (bool or additive float), with no causality added.
+    """
+    if mask is None:
+        return None, None, causal
+    if mask.dim() == 2:
+        return mask[:, -n_key:].bool(), None, causal
+    if mask.dim() == 4 and mask.shape[-2] == 1 and mask.dtype == torch.bool:
+        return mask[:, 0, 0, -n_key:], None, False
+    if mask.dim() == 4:
+        return None, mask[..., -n_key:], False
+    raise NotImplementedError(f"unsupported attention mask of shape {tuple(mask.shape)}")
+
+
+def _reject_unsupported(module: torch.nn.Module, dropout: float, kwargs: dict) -> None:
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("the tiled kernel does not implement attention softcapping")
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("the tiled kernel does not implement learned attention sinks")
+    if module.training and dropout:
+        raise NotImplementedError("instrumented attention runs in eval mode only (dropout > 0)")
+
+
+def headscope_attention_forward(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """transformers attention-interface entry: q `[batch, head, query, d_head]`, k/v
+    `[batch, kv_head, key, d_head]` (not repeated); returns (`[batch, query, head,
+    d_head]`, None) like the sdpa and flash implementations."""
+    entry = _ACTIVE.get(id(module))
+    if entry is None:
+        raise RuntimeError(
+            f"{type(module).__name__} asked for the {ATTENTION_NAME!r} attention outside an "
+            "instrumented_attention() scope"
+        )
+    scope, layer = entry
+    _reject_unsupported(module, dropout, kwargs)
+    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", True))
+    window = kwargs.get("sliding_window")
+    output = scope.run_layer(
+        layer,
+        query,
+        key,
+        value,
+        causal=causal,
+        mask=attention_mask,
+        scale=scaling,
+        window=int(window) if window else None,
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def headscope_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: Any = 0,
+    kv_offset: Any = 0,
+    mask_function: Callable | None = None,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor | None:
+    """transformers mask-interface entry: structured masks for plain causal and
+    bidirectional attention (see the module docstring), a boolean
+    `[batch, 1, query, key]` mask for anything else."""
+    from transformers.masking_utils import (
+        bidirectional_mask_function,
+        causal_mask_function,
+        prepare_padding_mask,
+        sdpa_mask,
+    )
+
+    mask_function = mask_function or causal_mask_function
+    plain = (
+        mask_function in (causal_mask_function, bidirectional_mask_function)
+        and isinstance(q_offset, int)
+        and isinstance(kv_offset, int)
+        and q_offset == 0
+        and kv_offset == 0
+        and q_length == kv_length
+    )
+    if not plain:
+        for name in ("allow_is_causal_skip", "allow_is_bidirectional_skip", "dtype", "config"):
+            kwargs.pop(name, None)
+        return sdpa_mask(
+            batch_size=batch_size,
+            q_length=q_length,
+            kv_length=kv_length,
+            q_offset=q_offset,
+            kv_offset=kv_offset,
+            mask_function=mask_function,
+            attention_mask=attention_mask,
+            allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=False,
+            **kwargs,
+        )
+    padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
+    if padding is not None:
+        padding = padding[:, -kv_length:].bool()
+    if mask_function is causal_mask_function:
+        return None if padding is None or bool(padding.all()) else padding
+    if padding is None:
+        padding = torch.ones(batch_size, kv_length, dtype=torch.bool, device=kwargs.get("device"))
+    return padding[:, None, None, :]
+
+
+def register_attention() -> None:
+    """Register `headscope_tiled` with transformers (idempotent; inert until a
+    model config names it)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION_NAME, headscope_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, headscope_mask)
+
+
+# -- per-instance patches ------------------------------------------------------------------------
+
+
+def _joint_qkv_reconstruct(bridge_attention: Any, scope: InstrumentedAttention, layer: int):
+    """Replacement for JointQKVAttentionBridge._reconstruct_attention (GPT-2 style):
+    same reshapes, KV cache, scale and output projection, tiled kernel in between."""
+
+    def reconstruct(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple:
+        self = bridge_attention
+        n_heads = self.config.n_heads
+        n_kv = getattr(self.config, "n_key_value_heads", None) or n_heads
+        q, k, v, batch, n_query, d_head = self._reshape_qkv_to_heads(q, k, v, n_heads, n_kv)
+        k, v = self._update_kv_cache(k, v, **kwargs)
+        scale = d_head**-0.5
+        if getattr(self.config, "scale_attn_by_inverse_layer_idx", False) and (
+            self._layer_idx is not None
+        ):
+            scale /= float(self._layer_idx + 1)
+        dropout = getattr(getattr(self.original_component, "attn_dropout", None), "p", 0.0)
+        _reject_unsupported(self, dropout, {})
+        output = scope.run_layer(
+            layer,
+            q,
+            k,
+            v,
+            causal=bool(self.is_causal and not self.is_cross_attention),
+            mask=kwargs.get("attention_mask"),
+            scale=scale,
+        )
+        output = self._reshape_attn_output(output, batch, n_query, n_heads, d_head)
+        if getattr(self.config, "use_attn_result", False) and self.o.original_component is not None:
+            output = self.o.hook_in(output)
+            z = output.view(batch, n_query, n_heads, d_head)
+            output = self._compute_per_head_result(z, n_heads, d_head)
+        else:
+            output = self._apply_output_projection(output)
+        return (output, None)
+
+    return reconstruct
+
+
+def _delegating_forward(bridge_attention: Any):
+    """Forward that routes a reconstructing bridge back through its Hugging Face
+    module (whose projections are the bridge's LinearBridges, so hooks fire)."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        self = bridge_attention
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = self.hook_in(kwargs["hidden_states"])
+        else:
+            args = (self.hook_in(args[0]), *args[1:])
+        output = self.original_component(*args, **kwargs)
+        if isinstance(output, tuple):
+            return (self.hook_out(output[0]), *output[1:])
+        return self.hook_out(output)
+
+    return forward
+
+
+def _attention_kind(bridge_attention: Any) -> str:
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
+        JointQKVAttentionBridge,
+    )
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+
+    kind = type(bridge_attention)
+    if kind is JointQKVAttentionBridge:
+        return "joint_qkv"
+    if kind is PositionEmbeddingsAttentionBridge:
+        return "position_embeddings"
+    if kind is AttentionBridge:
+        return "delegating"
+    raise NotImplementedError(
+        f"instrumented attention supports GPT-2-style (JointQKVAttentionBridge), Llama-style "
+        f"(PositionEmbeddingsAttentionBridge) and delegating (AttentionBridge) layers; "
+        f"this model uses {kind.__name__}"
+    )
+
+
+def _uses_attention_registry(module: torch.nn.Module) -> bool:
+    import sys
+
+    source = sys.modules.get(type(module).__module__)
+    return source is not None and hasattr(source, "ALL_ATTENTION_FUNCTIONS")
+
+
+def _configs(model: torch.nn.Module) -> list[Any]:
+    """Every distinct config object the model and its modules (and sub-configs) hold."""
+    seen: dict[int, Any] = {}
+    pending = [getattr(m, "config", None) for m in model.modules()]
+    while pending:
+        config = pending.pop()
+        if config is None or id(config) in seen or not hasattr(config, "_attn_implementation"):
+            continue
+        seen[id(config)] = config
+        for name in getattr(config, "sub_configs", {}) or {}:
+            pending.append(getattr(config, name, None))
+    return list(seen.values())
+
+
+def _resolve_maps(
+    maps_for: MapSelection, n_layers: int, n_heads: int
+) -> dict[int, tuple[int, ...]]:
+    if maps_for is None:
+        return {}
+    pairs = (
+        [(layer, head) for layer, heads in maps_for.items() for head in heads]
+        if isinstance(maps_for, Mapping)
+        else list(maps_for)
+    )
+    chosen: dict[int, set[int]] = {}
+    for layer, head in pairs:
+        if not (0 <= int(layer) < n_layers and 0 <= int(head) < n_heads):
+            raise ValueError(
+                f"map head ({layer}, {head}) is out of range: {n_layers} layers × {n_heads} heads"
+            )
+        chosen.setdefault(int(layer), set()).add(int(head))
+    return {layer: tuple(sorted(heads)) for layer, heads in chosen.items()}
+
+
+@contextmanager
+def instrumented_attention(
+    bridge: Any,
+    *,
+    collector: Collector,
+    maps_for: MapSelection = None,
+    stats: bool = True,
+    top_k: int | None = None,
+    sink_k: int = 1,
+    query_tile: int | None = None,
+    distance_bins: int | None = None,
+) -> Iterator[InstrumentedAttention]:
+    """Within the scope, every attention layer of `bridge` (a transformer-lens
+    TransformerBridge) runs the tiled kernel and calls `collector(layer, result)`.
+
+    `maps_for`: (layer, head) pairs, or {layer: heads}, whose full maps the
+    kernel keeps (`result.maps`, heads in `result.map_heads`). `stats`, `top_k`,
+    `sink_k`, `query_tile`, `distance_bins`: passed to `tiled_attention`.
+    The bridge, its configs and the registry are restored on exit, also after an
+    exception. Raises NotImplementedError for unsupported attention layers and
+    RuntimeError when the bridge is already instrumented.
+    Memory per layer call: the kernel's (a few batch·head·query_tile·key float
+    buffers) plus whatever the collector keeps.
+    """
+    register_attention()
+    n_layers = len(bridge.blocks)
+    n_heads = int(bridge.cfg.n_heads)
+    scope = InstrumentedAttention(
+        n_layers=n_layers,
+        maps_for=_resolve_maps(maps_for, n_layers, n_heads),
+        options=KernelOptions(stats, top_k, sink_k, query_tile, distance_bins),
+        collector=collector,
+    )
+    attentions = [block.attn for block in bridge.blocks]
+    kinds = [_attention_kind(attention) for attention in attentions]
+    split_flags = ("use_split_qkv_input", "use_attn_in", "use_attn_result")
+    for attention, kind in zip(attentions, kinds, strict=True):
+        if kind == "joint_qkv":
+            continue
+        if any(getattr(bridge.cfg, flag, False) for flag in split_flags):
+            raise NotImplementedError(
+                f"{', '.join(split_flags)} are not supported with instrumented attention on "
+                f"{type(attention).__name__} layers"
+            )
+        inner = [m for m in attention.original_component.modules() if _uses_attention_registry(m)]
+        if not inner:
+            raise NotImplementedError(
+                f"{type(attention.original_component).__name__} does not dispatch through "
+                "transformers' attention registry"
+            )
+    modules = {
+        id(module): (scope, layer)
+        for layer, (attention, kind) in enumerate(zip(attentions, kinds, strict=True))
+        if kind != "joint_qkv"
+        for module in attention.original_component.modules()
+    }
+    if any(key in _ACTIVE for key in modules) or any(
+        "_reconstruct_attention" in vars(a) or "forward" in vars(a) for a in attentions
+    ):
+        raise RuntimeError("this bridge is already instrumented")
+
+    configs = _configs(bridge.original_model)
+    previous = [getattr(config, "_attn_implementation_internal", None) for config in configs]
+    try:
+        for layer, (attention, kind) in enumerate(zip(attentions, kinds, strict=True)):
+            # object.__setattr__: bridge components forward unknown attribute writes
+            # to the wrapped HF module; the patch must land on this instance only.
+            if kind == "joint_qkv":
+                patch = _joint_qkv_reconstruct(attention, scope, layer)
+                object.__setattr__(attention, "_reconstruct_attention", patch)
+            elif kind == "position_embeddings":
+                object.__setattr__(attention, "forward", _delegating_forward(attention))
+        _ACTIVE.update(modules)
+        for config in configs:
+            config._attn_implementation_internal = ATTENTION_NAME
+        yield scope
+    finally:
+        for config, value in zip(configs, previous, strict=True):
+            config._attn_implementation_internal = value
+        for key in modules:
+            _ACTIVE.pop(key, None)
+        for attention in attentions:
+            vars(attention).pop("_reconstruct_attention", None)
+            vars(attention).pop("forward", None)
