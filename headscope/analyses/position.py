@@ -1,0 +1,372 @@
+"""Position bias from the attention mask, and attention sinks (METHODS.md §3).
+
+- Position-bias graphs (Wu, Wang, Jegelka, Jadbabaie 2025, "On the Emergence of Position
+  Bias in Transformers"): the mask is a directed graph, and the cumulative influence
+  ``P^(t) = A^(t)···A^(1)`` of stacked attention layers shows which positions the model
+  favours before any content is seen.
+- Attention sinks (Xiao et al. 2023, "Efficient Streaming Language Models with Attention
+  Sinks", StreamingLLM; the metric of Gu et al. 2025, "When Attention Sink Emerges in
+  Language Models"): ``α_k`` is the mean attention key ``k`` receives from the queries that
+  can see it.
+
+Indices are 0-based and ``[query, key]``; rows of attention sum to 1. Everything is computed
+in float64 and returned as float64 tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import networkx as nx
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from headscope.analyses.checks import check_pattern
+
+__all__ = [
+    "MaskKind",
+    "cumulative_influence",
+    "influence_by_distance",
+    "mask_attention",
+    "mask_graph",
+    "most_influential_distance",
+    "sink_heads",
+    "sink_scores",
+]
+
+MaskKind = Literal["causal", "bidirectional", "sliding_window", "prefix", "decay"]
+_TIE = 1e-12
+_KINDS = ("causal", "bidirectional", "sliding_window", "prefix", "decay")
+_PARAMS: dict[str, frozenset[str]] = {
+    "causal": frozenset(),
+    "bidirectional": frozenset(),
+    "sliding_window": frozenset({"window"}),
+    "prefix": frozenset({"prefix"}),
+    "decay": frozenset({"m", "gamma"}),
+}
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _mask_and_scores(kind: str, n: int, params: dict[str, float]) -> tuple[Tensor, Tensor]:
+    """Boolean mask ``[query key]`` and additive scores (0, or −(i−j)·m for decay)."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown mask kind {kind!r}; expected one of {', '.join(_KINDS)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int number of tokens, got {n!r}")
+    unknown = set(params) - _PARAMS[kind]
+    if unknown:
+        allowed = ", ".join(sorted(_PARAMS[kind])) or "none"
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(sorted(unknown))} for mask {kind!r} "
+            f"(allowed: {allowed})"
+        )
+    query = torch.arange(n)[:, None]
+    key = torch.arange(n)[None, :]
+    causal = key <= query
+    scores = torch.zeros(n, n, dtype=torch.float64)
+    if kind == "causal":
+        mask = causal
+    elif kind == "bidirectional":
+        mask = torch.ones(n, n, dtype=torch.bool)
+    elif kind == "sliding_window":
+        window = params.get("window")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"sliding_window needs an int window >= 1, got {window!r}")
+        mask = causal & (query - key < window)
+    elif kind == "prefix":
+        prefix = params.get("prefix")
+        if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix <= n:
+            raise ValueError(f"prefix needs an int prefix length in [0, {n}], got {prefix!r}")
+        mask = causal | ((query < prefix) & (key < prefix))
+    else:
+        if ("m" in params) == ("gamma" in params):
+            raise ValueError("decay needs exactly one of m (slope >= 0) or gamma (in (0, 1])")
+        if "m" in params:
+            slope = float(params["m"])
+            if not math.isfinite(slope) or slope < 0:
+                raise ValueError(f"decay slope m must be finite and >= 0, got {params['m']!r}")
+        else:
+            gamma = float(params["gamma"])
+            if not 0 < gamma <= 1:
+                raise ValueError(f"decay gamma must be in (0, 1], got {params['gamma']!r}")
+            slope = -math.log(gamma)
+        mask = causal
+        scores = -(query - key).to(torch.float64) * slope
+    return mask, scores
+
+
+def mask_graph(kind: MaskKind, n: int, **params: float) -> nx.DiGraph:
+    """The attention mask as a directed graph (Wu et al. 2025).
+
+    Nodes are token positions ``0..n−1``; an edge ``i -> j`` means query ``i`` may attend to
+    key ``j`` (self-loops included). Attribute ``"weight"`` is 1, or ``exp(−(i−j)·m)`` for
+    ``"decay"``. Kinds and parameters:
+
+    - ``"causal"``: ``j <= i``; ``"bidirectional"``: every pair;
+    - ``"sliding_window"`` (``window >= 1``): ``0 <= i − j < window``;
+    - ``"prefix"`` (``prefix`` length): bidirectional inside the first ``prefix`` tokens,
+      causal after (prefix-LM);
+    - ``"decay"`` (``m >= 0`` or ``gamma = e^(−m)`` in (0, 1]): causal with ALiBi-like
+      weights ``γ^(i−j)``.
+
+    Raises ValueError for an unknown kind, unknown or invalid parameters. Memory O(n²).
+    """
+    mask, scores = _mask_and_scores(kind, n, params)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(n))
+    weights = scores.exp()
+    queries, keys = torch.nonzero(mask, as_tuple=True)
+    graph.add_edges_from(
+        (int(i), int(j), {"weight": float(weights[i, j])})
+        for i, j in zip(queries.tolist(), keys.tolist(), strict=True)
+    )
+    return graph
+
+
+def mask_attention(kind: MaskKind, n: int, **params: float) -> Float[Tensor, "query key"]:
+    """Content-free attention over a mask: uniform over the allowed keys, or for ``"decay"``
+    the softmax of scores ``−(i−j)·m`` over the causal mask (weights ∝ ``γ^(i−j)``).
+
+    Same kinds and parameters as :func:`mask_graph`. Rows sum to 1. Memory O(n²).
+    """
+    mask, scores = _mask_and_scores(kind, n, params)
+    logits = scores.masked_fill(~mask, -math.inf)
+    return torch.softmax(logits, dim=-1)
+
+
+# --------------------------------------------------------------------------- influence
+
+
+def _layer_stack(
+    attention: Float[Tensor, "layer head query key"]
+    | Float[Tensor, "layer query key"]
+    | Float[Tensor, "query key"],
+    n_layers: int | None,
+) -> Float[Tensor, "layer query key"]:
+    check_pattern(attention, name="attention")
+    a64 = attention.detach().to(torch.float64)
+    if a64.dim() == 2:
+        if n_layers is None:
+            raise ValueError("a single [query key] attention needs n_layers= to repeat it")
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        return a64.expand(n_layers, *a64.shape)
+    if n_layers is not None:
+        raise ValueError("n_layers only applies to a single [query key] attention matrix")
+    if a64.dim() == 3:
+        return a64
+    if a64.dim() == 4:
+        return a64.mean(dim=1)
+    raise ValueError(
+        "attention must be [query key], [layer query key] or [layer head query key], got "
+        f"shape {tuple(attention.shape)}"
+    )
+
+
+def cumulative_influence(
+    attention: Float[Tensor, "layer head query key"]
+    | Float[Tensor, "layer query key"]
+    | Float[Tensor, "query key"],
+    residual: float | None = None,
+    *,
+    n_layers: int | None = None,
+) -> Float[Tensor, "layer query key"]:
+    """Cumulative influence ``P^(t) = Ã^(t)···Ã^(1)`` after each layer (Wu et al. 2025).
+
+    ``residual=None`` uses the attention as is (``Ã = A``, the paper's convention: rollout
+    without the residual); ``residual=r`` uses ``Ã = r·I + (1 − r)·A`` as in attention
+    rollout. Input: ``[layer query key]``, ``[layer head query key]`` (heads averaged) or one
+    ``[query key]`` matrix repeated ``n_layers`` times. Known answer: uniform causal
+    attention gives ``P^(t)[1, 0] = 1 − 2^(−t)``. Rows sum to 1. Memory O(L·N²), time
+    O(L·N³).
+    """
+    stack = _layer_stack(attention, n_layers)
+    if residual is not None:
+        residual = float(residual)
+        if not 0.0 <= residual <= 1.0:
+            raise ValueError(f"residual must be None or in [0, 1], got {residual}")
+        eye = torch.eye(stack.shape[-1], dtype=torch.float64, device=stack.device)
+        stack = residual * eye + (1.0 - residual) * stack
+    out = torch.empty_like(stack)
+    current = stack[0]
+    out[0] = current
+    for layer in range(1, stack.shape[0]):
+        current = stack[layer] @ current
+        out[layer] = current
+    return out
+
+
+def influence_by_distance(
+    influence: Float[Tensor, "layer query key"] | Float[Tensor, "query key"],
+    *,
+    normalize: bool = True,
+    signed: bool = False,
+) -> Float[Tensor, "layer distance"] | Float[Tensor, " distance"]:
+    """Influence as a function of query–key distance, averaged over queries.
+
+    For each query ``i`` the mass at distance ``d`` is ``Σ_{j : i−j = d} P[i, j]`` (one key
+    per query and distance); the curve averages it over the queries for which a key at that
+    distance exists (for ``d >= 0``: queries ``i >= d``), so late distances are not
+    diluted by queries that cannot reach them. ``signed=False`` (default) uses
+    ``d = |i − j|``, columns ``0..N−1`` (for causal masks ``d = i − j``);
+    ``signed=True`` keeps the sign, columns ``d = −(N−1)..N−1`` at index ``d + N − 1``.
+    ``normalize=True`` rescales each layer's curve to sum to 1.
+
+    Works on any ``[layer query key]`` map: a model's rollout or cumulative influence, or
+    the mask-only baseline; a single ``[query key]`` map gives a ``[distance]`` curve.
+    Memory O(L·N²).
+    """
+    if not isinstance(influence, Tensor) or influence.dim() not in (2, 3):
+        shape = tuple(influence.shape) if isinstance(influence, Tensor) else type(influence)
+        raise ValueError(f"influence must be [layer query key] or [query key], got {shape}")
+    if influence.shape[-1] != influence.shape[-2]:
+        raise ValueError(
+            f"influence must be square in (query, key), got shape {tuple(influence.shape)}"
+        )
+    if not torch.isfinite(influence).all():
+        raise ValueError("influence contains NaN or infinite values")
+    single = influence.dim() == 2
+    p64 = influence.detach().to(torch.float64)
+    if single:
+        p64 = p64[None]
+    n = p64.shape[-1]
+    query = torch.arange(n, device=p64.device)[:, None]
+    key = torch.arange(n, device=p64.device)[None, :]
+    offset = (query - key) + (n - 1)  # signed distance, shifted to 0..2n-2
+    index = offset.expand_as(p64).reshape(p64.shape[0], -1)
+    sums = torch.zeros(p64.shape[0], 2 * n - 1, dtype=torch.float64, device=p64.device)
+    sums.scatter_add_(1, index, p64.reshape(p64.shape[0], -1))
+    counts = torch.bincount(offset.reshape(-1), minlength=2 * n - 1).to(torch.float64)
+    curve = sums / counts
+    if not signed:
+        folded = curve[:, n - 1 :].clone()
+        folded[:, 1:] += curve[:, : n - 1].flip(-1)
+        curve = folded
+    if normalize:
+        totals = curve.sum(dim=-1, keepdim=True)
+        curve = torch.where(totals > 0, curve / totals.clamp_min(1e-300), curve)
+    return curve[0] if single else curve
+
+
+def most_influential_distance(
+    influence: Float[Tensor, "layer query key"] | Float[Tensor, "query key"],
+    *,
+    query: int | None = None,
+) -> Int[Tensor, " layer"] | Int[Tensor, ""]:
+    """The query–key distance ``i − j`` carrying the most influence, per layer.
+
+    ``query=None`` takes the argmax of the query-averaged :func:`influence_by_distance`
+    curve (``|i − j|``); ``query=i`` the argmax over keys of row ``i`` alone, returned as
+    ``i − j`` (use a late query of a long sequence to avoid edge effects). Values within a
+    relative 1e-12 of the maximum count as ties and go to the longer distance: for the decay
+    mask the product of ``k`` layers is a negative binomial whose two central values tie
+    exactly when ``(k − 1)/(e^m − 1)`` is an integer, and that upper value is the peak Wu et
+    al. 2025 state (γ = 0.8: 4, 36, 76 for k = 2, 10, 20).
+    """
+    if query is None:
+        curve = influence_by_distance(influence, normalize=False)
+        near = curve >= curve.max(dim=-1, keepdim=True).values * (1 - _TIE)
+        distance = torch.arange(curve.shape[-1], device=curve.device)
+        return torch.where(near, distance, -1).max(dim=-1).values
+    if not isinstance(influence, Tensor) or influence.dim() not in (2, 3):
+        raise ValueError("influence must be [layer query key] or [query key]")
+    n = influence.shape[-1]
+    if not -n <= query < n:
+        raise ValueError(f"query {query} out of range for {n} tokens")
+    query = query % n
+    row = influence[..., query, :].detach().to(torch.float64)
+    near = row >= row.max(dim=-1, keepdim=True).values * (1 - _TIE)
+    keys = torch.arange(n, device=row.device)
+    best_key = torch.where(near, keys, n).min(dim=-1).values  # smallest key: longest i - j
+    return query - best_key
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+def sink_scores(
+    pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "batch layer head query key"],
+    *,
+    causal: bool = True,
+    mask: Bool[Tensor, "query key"] | Bool[Tensor, "batch query key"] | None = None,
+    lengths: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "layer head key"] | Float[Tensor, "batch layer head key"]:
+    """Attention-sink score per key (Xiao et al. 2023; metric of Gu et al. 2025).
+
+    ``α_k = (1/|Q_k|)·Σ_{q ∈ Q_k} A[q, k]``, with ``Q_k`` the queries that can see key ``k``
+    (0-indexed). Visibility comes from ``mask`` (``[query key]`` or ``[batch query key]``,
+    True = may attend) when given, else from ``causal``: ``Q_k = {q >= k}`` (``T − k``
+    queries) for causal, all ``T`` queries otherwise. For ``[batch ...]`` input, ``lengths``
+    marks right padding: only positions ``< lengths[b]`` count, padded keys get NaN (as do
+    keys no query can see). Uniform causal attention over ``T`` tokens gives
+    ``α_0 = H_T/T`` (harmonic number; 0.074 at T = 64); a head whose queries all attend to
+    key 0 gives ``α_0 = 1``. Say whether a BOS token was prepended when reporting.
+    Memory O(B·L·H·N).
+    """
+    if not isinstance(pattern, Tensor) or pattern.dim() not in (4, 5):
+        shape = tuple(pattern.shape) if isinstance(pattern, Tensor) else type(pattern)
+        raise ValueError(
+            f"pattern must be [layer head query key] or [batch layer head query key], got {shape}"
+        )
+    check_pattern(pattern, min_dims=4, allow_zero_rows=lengths is not None)
+    batched = pattern.dim() == 5
+    p64 = pattern.detach().to(torch.float64)
+    if not batched:
+        if lengths is not None:
+            raise ValueError("lengths needs a [batch layer head query key] pattern")
+        p64 = p64[None]
+    n_batch, n = p64.shape[0], p64.shape[-1]
+    device = p64.device
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dim() not in (2, 3) or mask.shape[-2:] != (n, n):
+            raise ValueError(f"mask must be a boolean [query key] or [batch query key] of size {n}")
+        visible = mask.to(device=device, dtype=torch.bool)
+        if visible.dim() == 2:
+            visible = visible.expand(n_batch, n, n)
+        elif visible.shape[0] != n_batch:
+            raise ValueError(f"mask batch size {visible.shape[0]} != pattern batch {n_batch}")
+    else:
+        base = torch.ones(n, n, dtype=torch.bool, device=device)
+        if causal:
+            base = torch.tril(base)
+        visible = base.expand(n_batch, n, n)
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths, device=device)
+        if lengths.shape != (n_batch,) or (lengths < 1).any() or (lengths > n).any():
+            raise ValueError(f"lengths must be [batch] = ({n_batch},) with values in [1, {n}]")
+        position = torch.arange(n, device=device)
+        real = position[None, :] < lengths[:, None]
+        visible = visible & real[:, :, None] & real[:, None, :]
+    weights = visible.to(torch.float64)
+    received = torch.einsum("blhqk,bqk->blhk", p64, weights)
+    counts = weights.sum(dim=1)  # [batch key]
+    scores = received / counts[:, None, None, :]
+    scores = torch.where(counts[:, None, None, :] > 0, scores, torch.nan)
+    return scores if batched else scores[0]
+
+
+def sink_heads(
+    pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "batch layer head query key"],
+    threshold: float = 0.3,
+    key: int = 0,
+    causal: bool = True,
+    *,
+    mask: Bool[Tensor, "query key"] | Bool[Tensor, "batch query key"] | None = None,
+    lengths: Int[Tensor, " batch"] | None = None,
+) -> list[tuple[int, int]]:
+    """``(layer, head)`` pairs whose sink score ``α_key`` exceeds ``threshold`` (0.3, Gu et al.
+    2025). Batched input is averaged over prompts first (NaN-aware). See :func:`sink_scores`.
+    """
+    scores = sink_scores(pattern, causal=causal, mask=mask, lengths=lengths)
+    n = scores.shape[-1]
+    if not -n <= key < n:
+        raise ValueError(f"key {key} out of range for {n} tokens")
+    alpha = scores[..., key]
+    if alpha.dim() == 3:
+        alpha = alpha.nanmean(dim=0)
+    hits = torch.nonzero(alpha > threshold).tolist()
+    return [(int(layer), int(head)) for layer, head in hits]

@@ -1,0 +1,394 @@
+"""Head taxonomy: how much attention each head puts on the pattern of a known head type.
+
+In the style of the transformer-lens head detector (Nanda et al.; the categories of
+Olsson et al. 2022, "In-context Learning and Induction Heads", and Xiao et al. 2023,
+"Efficient Streaming Language Models with Attention Sinks"): for each category a
+query q has an *ideal key set* K(q); a head's score is the attention mass it puts on
+K(q), averaged over the queries where K(q) is defined (METHODS.md §2). Every score
+lies in [0, 1]; 1 means the head attends only to its ideal keys.
+
+Categories (0-indexed positions; `bos=True` means position 0 is a BOS/[CLS] token):
+
+- `previous_token`: K(q) = {q − 1}, queries q ≥ 1.
+- `duplicate_token`: K(q) = {k < q : t_k = t_q} (earlier copies of the query's token),
+  queries with at least one earlier copy. With `bos`, key 0 is never a copy.
+- `induction`: K(q) = {j + 1 : j < q, t_j = t_q} (the token after each earlier copy),
+  queries with at least one earlier copy. On [BOS, r_1..r_T, r_1..r_T] the query at
+  r_i of the second copy has K(q) = {position of r_{i+1} in the first copy}.
+- `first_token_sink`: K(q) = {0}, queries q ≥ 1 (a causal query 0 can only see key 0).
+- `local`: K(q) = {k : |q − k| ≤ window} (default window 2), excluding key 0 with
+  `bos` so that a BOS sink is not mistaken for locality; queries q ≥ 1 with `bos`
+  (query 0 would have no key), every query otherwise. A previous-token head scores
+  at least as high here, so `head_labels` prefers the specific categories to it.
+- `uniform`: not a mass but the overlap Σ_k min(A[q,k], 1/n_q) with the uniform
+  distribution over the n_q visible keys (k ≤ q when causal, else every real key),
+  i.e. 1 − total-variation distance to uniform; queries with n_q ≥ 2. Uniform
+  attention scores 1; attention on a single key scores 1/n_q.
+
+Batches: a `[batch, layer, head, query, key]` pattern with right-padding (`lengths`)
+is scored per prompt over its real queries and keys only, and the per-prompt scores
+are averaged over the prompts where the category is defined (NaN where it is defined
+for none). Heads whose map is all NaN (not captured) score NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from headscope.analyses.checks import check_pattern
+from headscope.errors import InputError
+
+Category = Literal[
+    "previous_token", "duplicate_token", "induction", "first_token_sink", "local", "uniform"
+]
+
+#: Every category, specific ones first. The order breaks ties between labels.
+CATEGORIES: tuple[Category, ...] = (
+    "induction",
+    "duplicate_token",
+    "previous_token",
+    "first_token_sink",
+    "local",
+    "uniform",
+)
+#: Catch-all categories: `local` contains the previous-token key, and `uniform` is the
+#: absence of a preference, so they label a head only when no specific category does.
+GENERIC: frozenset[str] = frozenset({"local", "uniform"})
+
+#: A head gets a label when its score is strictly above the category's threshold.
+#: Mass categories need a majority of the attention (0.5). `local` needs more (0.7)
+#: because a window of 2·window + 1 keys is easy to hit by chance on short prompts,
+#: and `uniform` (overlap with uniform, 1 − TV) needs 0.9 to mean "spread evenly".
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "previous_token": 0.5,
+    "duplicate_token": 0.5,
+    "induction": 0.5,
+    "first_token_sink": 0.5,
+    "local": 0.7,
+    "uniform": 0.9,
+}
+
+NO_LABEL = "none"
+_TIE = 1e-6  # scores this close count as tied; the more specific category wins
+
+
+# -- single scores used directly by the toy model and tests -----------------------------------
+
+
+def previous_token_score(pattern: Float[Tensor, "*head query key"]) -> Float[Tensor, "*head"]:
+    """Mean attention from each query q ≥ 1 to key q − 1 (previous-token score).
+
+    Any leading dims (`[layer, head]`, `[batch, layer, head]`) are kept. A uniform
+    causal head scores mean_{q≥1} 1/(q+1). Memory: no copy of the pattern.
+    """
+    check_pattern(pattern, min_dims=2, allow_zero_rows=True)
+    n = pattern.shape[-1]
+    if n < 2:
+        raise InputError("the previous-token score needs at least 2 positions")
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).double().mean(-1).to(pattern.dtype)
+
+
+def induction_score(
+    pattern: Float[Tensor, "*head query key"], repeat_length: int, offset: int
+) -> Float[Tensor, "*head"]:
+    """Induction score on a repeated sequence [prefix (offset tokens, BOS included),
+    r_1..r_T, r_1..r_T] with T = `repeat_length` and r_1 at position `offset`.
+
+    The query at offset + T + i (i = 0..T−1, token r_{i+1} of the second copy) should
+    attend to offset + i + 1, the token after r_{i+1}'s first occurrence (for i = T−1
+    that is r_1 of the second copy). Returns the mean attention on those keys over the
+    T queries, keeping any leading dims. Memory: no copy of the pattern.
+    """
+    check_pattern(pattern, min_dims=2, allow_zero_rows=True)
+    n = pattern.shape[-1]
+    if repeat_length < 1 or offset < 0:
+        raise InputError("induction_score needs repeat_length >= 1 and offset >= 0")
+    if offset + 2 * repeat_length > n:
+        raise InputError(
+            f"a repeated sequence with offset {offset} and repeat_length {repeat_length} needs "
+            f"{offset + 2 * repeat_length} positions; the pattern has {n}"
+        )
+    i = torch.arange(repeat_length, device=pattern.device)
+    queries = offset + repeat_length + i
+    keys = offset + i + 1
+    return pattern[..., queries, keys].double().mean(-1).to(pattern.dtype)
+
+
+# -- the full taxonomy ------------------------------------------------------------------------
+
+
+def head_scores_from_pattern(
+    pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "batch layer head query key"],
+    token_ids: Int[Tensor, " query"] | Int[Tensor, "batch query"],
+    *,
+    lengths: Sequence[int] | Int[Tensor, " batch"] | None = None,
+    bos: bool = True,
+    causal: bool | None = None,
+    window: int = 2,
+) -> dict[str, Float[Tensor, "layer head"]]:
+    """Taxonomy scores of every head (module docstring for the definitions).
+
+    `pattern` is one prompt `[layer, head, query, key]` with `token_ids` `[query]`, or
+    a right-padded batch `[batch, layer, head, query, key]` with `token_ids`
+    `[batch, query]` and `lengths` (real tokens per prompt; None: all full length).
+    `causal=None` infers causality from the pattern (no mass above the diagonal).
+    Returns a dict with the six category names as keys, each `[layer, head]`, float32,
+    in [0, 1] (NaN where undefined). Rows of real queries must sum to 1.
+
+    Memory: one layer of the pattern in float64 at a time plus a few `[batch, query,
+    key]` masks; the pattern itself is not copied (unless it holds NaN heads).
+    """
+    pattern, token_ids, lengths_t, missing = _prepare(pattern, token_ids, lengths)
+    n_batch, n_layers, n_heads, n, _ = pattern.shape
+    device = pattern.device
+    if window < 0:
+        raise InputError(f"window must be >= 0, got {window}")
+    if causal is None:  # one layer at a time: no pattern-sized temporary
+        causal = all(
+            bool((torch.triu(pattern[:, layer], diagonal=1).abs() <= 1e-6).all())
+            for layer in range(n_layers)
+        )
+
+    position = torch.arange(n, device=device)
+    real = position[None, :] < lengths_t[:, None]  # [batch, position]
+    pair = real[:, :, None] & real[:, None, :]  # [batch, query, key]
+    q_index, k_index = position[:, None], position[None, :]
+    earlier = (k_index < q_index)[None]
+    key_ok = (k_index >= 1)[None] if bos else torch.ones_like(earlier)
+
+    same = token_ids[:, :, None] == token_ids[:, None, :]
+    duplicate = same & earlier & pair & key_ok
+    induction = torch.zeros_like(duplicate)
+    induction[..., 1:] = duplicate[..., :-1]  # key j + 1 for every earlier copy j
+    visible = pair & (k_index <= q_index)[None] if causal else pair
+    n_visible = visible.sum(-1)  # [batch, query]
+
+    masks = {
+        "previous_token": (k_index == q_index - 1)[None] & pair,
+        "duplicate_token": duplicate,
+        "induction": induction,
+        "first_token_sink": (k_index == 0)[None] & pair,
+        "local": ((q_index - k_index).abs() <= window)[None] & pair & key_ok,
+    }
+    first = 1 if bos else 0
+    valid = {
+        "previous_token": real & (position >= 1),
+        "duplicate_token": duplicate.any(-1),
+        "induction": induction.any(-1),
+        "first_token_sink": real & (position >= 1),
+        "local": real & (position >= first),
+        "uniform": real & (n_visible >= 2),
+    }
+    uniform_target = visible.double() / n_visible.clamp_min(1)[..., None]  # [batch, q, k]
+
+    per_query = {
+        name: pattern.new_zeros(n_batch, n_layers, n_heads, n, dtype=torch.float64)
+        for name in (*masks, "uniform")
+    }
+    for layer in range(n_layers):
+        attention = pattern[:, layer].double()  # [batch, head, query, key]
+        for name, mask in masks.items():
+            per_query[name][:, layer] = torch.einsum("bhqk,bqk->bhq", attention, mask.double())
+        overlap = torch.minimum(attention, uniform_target[:, None])
+        per_query["uniform"][:, layer] = overlap.sum(-1)
+
+    scores: dict[str, Tensor] = {}
+    for name in (
+        "previous_token",
+        "duplicate_token",
+        "induction",
+        "first_token_sink",
+        "local",
+        "uniform",
+    ):
+        weight = valid[name].double()  # [batch, query]
+        count = weight.sum(-1)  # [batch]
+        per_prompt = torch.einsum("blhq,bq->blh", per_query[name], weight)
+        per_prompt = per_prompt / count.clamp_min(1)[:, None, None]
+        defined = count > 0
+        if defined.any():
+            score = per_prompt[defined].mean(0)
+        else:
+            score = torch.full(
+                (n_layers, n_heads), float("nan"), dtype=torch.float64, device=device
+            )
+        score = score.clamp(0.0, 1.0)  # float error only; masses of rows summing to 1
+        scores[name] = score.masked_fill(missing, float("nan")).float()
+    return scores
+
+
+def _prepare(
+    pattern: Tensor, token_ids: Tensor, lengths: Sequence[int] | Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Validate; return (pattern [batch, layer, head, q, k], ids [batch, q], lengths
+    [batch], heads that are all NaN [layer, head])."""
+    if not isinstance(pattern, Tensor) or pattern.dim() not in (4, 5):
+        shape = tuple(pattern.shape) if isinstance(pattern, Tensor) else type(pattern).__name__
+        raise InputError(
+            "pattern must be [layer, head, query, key] or [batch, layer, head, query, key], "
+            f"got {shape}"
+        )
+    batched = pattern.dim() == 5
+    if not isinstance(token_ids, Tensor):
+        token_ids = torch.as_tensor(token_ids)
+    if token_ids.dim() != (2 if batched else 1):
+        raise InputError(
+            f"token_ids must be {'[batch, query]' if batched else '[query]'} for a "
+            f"{pattern.dim()}-dim pattern, got shape {tuple(token_ids.shape)}"
+        )
+    if torch.is_floating_point(token_ids) or token_ids.is_complex():
+        raise InputError(f"token_ids must be integers, got {token_ids.dtype}")
+    if not batched:
+        if lengths is not None:
+            raise InputError("lengths are only meaningful for a batched pattern")
+        pattern, token_ids = pattern[None], token_ids[None]
+    n_batch, _, _, n_q, n_k = pattern.shape
+    if n_q != n_k:
+        raise InputError(f"pattern must be square in (query, key), got {tuple(pattern.shape)}")
+    if token_ids.shape != (n_batch, n_q):
+        raise InputError(
+            f"token_ids shape {tuple(token_ids.shape)} does not match the pattern's "
+            f"(batch, query) = {(n_batch, n_q)}"
+        )
+    if n_q < 1:
+        raise InputError("the pattern has no positions")
+    if lengths is None:
+        lengths_t = torch.full((n_batch,), n_q, dtype=torch.long)
+    else:
+        lengths_t = torch.as_tensor(list(lengths) if not isinstance(lengths, Tensor) else lengths)
+        lengths_t = lengths_t.to(torch.long).reshape(-1)
+        if lengths_t.shape[0] != n_batch:
+            raise InputError(f"lengths has {lengths_t.shape[0]} entries for {n_batch} prompts")
+        if ((lengths_t < 1) | (lengths_t > n_q)).any():
+            raise InputError(f"lengths must lie in [1, {n_q}], got {lengths_t.tolist()}")
+    lengths_t = lengths_t.to(pattern.device)
+    token_ids = token_ids.to(pattern.device)
+
+    # Heads left out of a limited capture are all-NaN maps: score them NaN, check the rest.
+    missing = torch.zeros(pattern.shape[1:3], dtype=torch.bool, device=pattern.device)
+    if torch.is_floating_point(pattern) and torch.isnan(pattern).any():
+        missing = torch.isnan(pattern).flatten(-2).all(-1).all(0)  # [layer, head]
+        pattern = pattern.masked_fill(missing[None, :, :, None, None], 0.0)
+    check_pattern(pattern, min_dims=2, allow_zero_rows=True)
+    # Real query rows must be distributions even though padded (and skipped) rows are 0.
+    real = torch.arange(n_q, device=pattern.device)[None, :] < lengths_t[:, None]
+    sums = pattern.sum(-1, dtype=torch.float64)  # [batch, layer, head, query]
+    wrong = (sums - 1).abs() > 1e-4
+    wrong &= real[:, None, None, :] & ~missing[None, :, :, None]
+    if wrong.any():
+        raise InputError("pattern rows of real queries must sum to 1")
+    return pattern, token_ids, lengths_t, missing
+
+
+def head_scores(record: Any, *, window: int = 2) -> dict[str, Float[Tensor, "layer head"]]:
+    """`head_scores_from_pattern` on an attention record (duck-typed: `.pattern`,
+    `.token_ids`, `.lengths`, and optionally `.spec` with `causal` and `bos_token_id`).
+
+    The score tensors' axes are the record's pattern axes, i.e. model layers
+    `record.layer_index` and heads `record.head_index`. BOS handling: `bos` is True
+    when every prompt starts with `spec.bos_token_id` (False without a spec);
+    causality comes from `spec.causal` (inferred from the pattern without a spec).
+    """
+    spec = getattr(record, "spec", None)
+    token_ids = torch.as_tensor(record.token_ids)
+    bos_id = getattr(spec, "bos_token_id", None)
+    bos = bool(bos_id is not None and token_ids.numel() and (token_ids[..., 0] == bos_id).all())
+    causal = getattr(spec, "causal", None)
+    return head_scores_from_pattern(
+        record.pattern,
+        token_ids,
+        lengths=getattr(record, "lengths", None),
+        bos=bos,
+        causal=None if causal is None else bool(causal),
+        window=window,
+    )
+
+
+def head_label_sets(
+    record_or_scores: Any, thresholds: Mapping[str, float] | None = None
+) -> dict[tuple[int, int], list[str]]:
+    """Every label of every head: `{(layer, head): [category, ...]}` with the
+    categories whose score is above its threshold: the specific ones (induction,
+    duplicate_token, previous_token, first_token_sink) by decreasing score, then the
+    generic ones (local, uniform) by decreasing score; scores within 1e-6 count as tied
+    and the earlier category in CATEGORIES goes first. Heads with no label map to [].
+
+    `(layer, head)` are positions on the score tensors' axes (for a record: indices
+    into `record.layer_index` / `record.head_index`, not model indices).
+    """
+    scores = _scores(record_or_scores)
+    limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    unknown = sorted(set(thresholds or {}) - set(DEFAULT_THRESHOLDS))
+    if unknown:
+        raise InputError(f"unknown taxonomy categories in thresholds: {unknown}")
+    names = [name for name in CATEGORIES if name in scores]
+    if not names:
+        raise InputError(f"no taxonomy scores found; expected keys among {list(CATEGORIES)}")
+    shape = scores[names[0]].shape
+    labels: dict[tuple[int, int], list[str]] = {}
+    for layer in range(shape[0]):
+        for head in range(shape[1]):
+            above = []
+            for rank, name in enumerate(names):
+                value = float(scores[name][layer, head])
+                if value == value and value > limits[name]:  # NaN never labels
+                    above.append((value, rank, name))
+            ordered: list[tuple[float, int, str]] = []
+            for tier in (
+                [a for a in above if a[2] not in GENERIC],
+                [a for a in above if a[2] in GENERIC],
+            ):
+                tier.sort(key=lambda item: (-item[0], item[1]))
+                if tier:  # scores within _TIE of the tier's best: the most specific leads
+                    best = min(
+                        (a for a in tier if a[0] >= tier[0][0] - _TIE), key=lambda item: item[1]
+                    )
+                    tier.remove(best)
+                    tier.insert(0, best)
+                ordered += tier
+            labels[(layer, head)] = [name for _, _, name in ordered]
+    return labels
+
+
+def head_labels(
+    record_or_scores: Any, thresholds: Mapping[str, float] | None = None
+) -> list[list[str]]:
+    """Primary label per head as a `[layer][head]` grid of strings, or "none".
+
+    The primary label is the highest-scoring *specific* category (induction,
+    duplicate_token, previous_token, first_token_sink) above its threshold
+    (DEFAULT_THRESHOLDS, overridable per category); only when there is none, the
+    higher-scoring generic one (local, uniform). Why: the local window contains the
+    previous token, so a previous-token head always scores at least as high on
+    `local` and would otherwise never be called a previous-token head. Ties (within
+    1e-6) go to the earlier category in CATEGORIES.
+
+    Accepts an attention record (scored with `head_scores`) or the dict of scores.
+    """
+    sets = head_label_sets(record_or_scores, thresholds)
+    n_layers = 1 + max(layer for layer, _ in sets)
+    n_heads = 1 + max(head for _, head in sets)
+    return [
+        [(sets[(layer, head)] or [NO_LABEL])[0] for head in range(n_heads)]
+        for layer in range(n_layers)
+    ]
+
+
+def _scores(record_or_scores: Any) -> Mapping[str, Tensor]:
+    if hasattr(record_or_scores, "pattern"):
+        return head_scores(record_or_scores)
+    if isinstance(record_or_scores, Mapping):
+        scores = {name: torch.as_tensor(value) for name, value in record_or_scores.items()}
+        for name, value in scores.items():
+            if value.dim() != 2:
+                raise InputError(f"score {name!r} must be [layer, head], got {tuple(value.shape)}")
+        return scores
+    raise InputError(
+        "head_labels needs an attention record or a dict of [layer, head] scores, got "
+        f"{type(record_or_scores).__name__}"
+    )
