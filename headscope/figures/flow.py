@@ -1,0 +1,105 @@
+"""Where one query token's information comes from: raw attention, attention
+rollout and attention flow side by side, each against its content-free baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from headscope.figures.arrays import float32, int32
+from headscope.figures.style import (
+    BASELINE_COLOR,
+    HIGHLIGHT_COLOR,
+    TEMPLATE,
+    plotly_text,
+    token_label,
+)
+
+#: Bar colours per method (grey is kept for the baselines).
+SERIES_COLORS = ("#1f5fa8", "#e07b39", "#2ca02c", "#9467bd")
+
+
+def flow_comparison(
+    tokens: Sequence[str],
+    query: int,
+    series: Mapping[str, object],
+    baselines: Mapping[str, object] | None = None,
+    *,
+    title: str = "",
+) -> go.Figure:
+    """One row of bars per method (`series[name]` is a `[key]` vector for the
+    query token), keys across; `baselines[name]` (same length) is drawn as a
+    grey step line on that method's row. The query's own key is outlined."""
+    n = len(tokens)
+    names = list(series)
+    if not names:
+        raise ValueError("flow_comparison needs at least one series")
+    figure = make_subplots(
+        rows=len(names),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.1,
+        subplot_titles=[plotly_text(name) for name in names],
+    )
+    x = int32(range(n))
+    labels = [f"{i} {token_label(t)}" for i, t in enumerate(tokens)]
+    for row, name in enumerate(names, start=1):
+        values = float32(series[name])
+        if values.shape != (n,):
+            raise ValueError(f"series {name!r} has shape {values.shape}, expected ({n},)")
+        colors = np.array([SERIES_COLORS[(row - 1) % len(SERIES_COLORS)]] * n, dtype=object)
+        if 0 <= query < n:
+            colors[query] = HIGHLIGHT_COLOR
+        figure.add_trace(
+            go.Bar(
+                x=x,
+                y=values,
+                marker={"color": list(colors)},
+                name=plotly_text(name),
+                customdata=labels,
+                hovertemplate="key %{customdata}<br>%{y:.4f}<extra>"
+                + plotly_text(name)
+                + "</extra>",
+                showlegend=False,
+            ),
+            row=row,
+            col=1,
+        )
+        baseline = None if baselines is None else baselines.get(name)
+        if baseline is not None:
+            figure.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=float32(baseline),
+                    mode="lines",
+                    line={"color": BASELINE_COLOR, "dash": "dot", "width": 1.5, "shape": "hvh"},
+                    name="content-free baseline",
+                    legendgroup="baseline",
+                    showlegend=row == 1,
+                    hovertemplate="baseline %{y:.4f}<extra></extra>",
+                ),
+                row=row,
+                col=1,
+            )
+        figure.update_yaxes(title_text="weight", rangemode="tozero", row=row, col=1)
+    step = max(1, int(np.ceil(n / 48)))
+    figure.update_xaxes(
+        tickmode="array",
+        tickvals=x[::step],
+        ticktext=[token_label(t) for t in tokens][::step],
+        tickangle=-60,
+        row=len(names),
+        col=1,
+    )
+    figure.update_layout(
+        template=TEMPLATE,
+        title={"text": plotly_text(title)},
+        height=150 + 170 * len(names),
+        bargap=0.15,
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        margin={"l": 60, "r": 20, "t": 70, "b": 90},
+    )
+    return figure

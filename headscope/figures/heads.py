@@ -1,0 +1,300 @@
+"""Per-head figures: layer × head heatmaps of a score, a grid of categorical
+head labels, and the greedy pruning curve."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from headscope.figures.arrays import float32, int32
+from headscope.figures.style import (
+    BASELINE_COLOR,
+    COLORS,
+    DIVERGING,
+    HIGHLIGHT_COLOR,
+    SEQUENTIAL,
+    STATISTIC,
+    base_figure,
+    plotly_text,
+)
+
+#: Colours of the head categories in `label_grid` (unknown labels get grey).
+LABEL_COLORS = {
+    "previous_token": "#1f77b4",
+    "duplicate_token": "#9467bd",
+    "induction": "#d62728",
+    "first_token_sink": "#8c564b",
+    "local": "#2ca02c",
+    "uniform": "#bcbd22",
+    "none": "#e5e5e5",
+    "unlabelled": "#e5e5e5",
+}
+
+
+def _head_axes(figure: go.Figure, layers: Sequence[int], heads: Sequence[int]) -> None:
+    figure.update_layout(
+        xaxis={
+            "title": {"text": "head"},
+            "tickmode": "array",
+            "tickvals": int32(heads),
+            "ticktext": [str(h) for h in heads],
+            "showgrid": False,
+            "zeroline": False,
+        },
+        yaxis={
+            "title": {"text": "layer"},
+            "tickmode": "array",
+            "tickvals": int32(layers),
+            "ticktext": [str(layer) for layer in layers],
+            "autorange": "reversed",
+            "showgrid": False,
+            "zeroline": False,
+        },
+    )
+
+
+def _outline(figure: go.Figure, layers, heads, selected) -> None:
+    if selected is None or selected[0] not in layers or selected[1] not in heads:
+        return
+    layer, head = selected
+    figure.add_shape(
+        type="rect",
+        x0=head - 0.5,
+        x1=head + 0.5,
+        y0=layer - 0.5,
+        y1=layer + 0.5,
+        line={"color": HIGHLIGHT_COLOR, "width": 2.5},
+    )
+
+
+def _height(n_layers: int, height: int | None) -> int:
+    return height if height is not None else max(200, 120 + 30 * n_layers)
+
+
+def layer_head_heatmap(
+    values: object,
+    *,
+    title: str = "",
+    colorbar_title: str = "",
+    layer_index: Sequence[int] | None = None,
+    head_index: Sequence[int] | None = None,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorscale: object = None,
+    signed: bool = False,
+    fmt: str = ".2f",
+    annotate: bool | None = None,
+    selected: tuple[int, int] | None = None,
+    height: int | None = None,
+) -> go.Figure:
+    """Heatmap of a `[layer, head]` score. `signed=True` centres a diverging
+    scale on 0. Cells are annotated with their value when the grid is small
+    (≤ 16 heads, unless `annotate` says otherwise); click data carry
+    `pointNumber = [layer row, head column]`."""
+    grid = float32(values)
+    if grid.ndim != 2:
+        raise ValueError(f"layer_head_heatmap needs [layer, head], got shape {grid.shape}")
+    layers = list(layer_index) if layer_index is not None else list(range(grid.shape[0]))
+    heads = list(head_index) if head_index is not None else list(range(grid.shape[1]))
+    if signed:
+        bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+        zmin, zmax = -(bound or 1.0), bound or 1.0
+        scale = colorscale or DIVERGING
+    else:
+        scale = colorscale or (SEQUENTIAL if zmax is not None and zmax <= 1.0 else STATISTIC)
+    show_text = annotate if annotate is not None else len(heads) <= 16
+    figure = base_figure(title, height=_height(len(layers), height))
+    figure.add_trace(
+        go.Heatmap(
+            z=grid,
+            zmin=zmin,
+            zmax=zmax,
+            colorscale=scale,
+            xgap=1,
+            ygap=1,
+            colorbar={"title": {"text": plotly_text(colorbar_title), "side": "right"},
+                      "thickness": 10},
+            texttemplate=f"%{{z:{fmt}}}" if show_text else None,
+            textfont={"size": 10 if len(heads) <= 8 else 8},
+            hovertemplate=(
+                "layer %{y}, head %{x}<br>"
+                + plotly_text(colorbar_title or "value")
+                + f" %{{z:{fmt}}}<extra></extra>"
+            ),
+            x=int32(heads),
+            y=int32(layers),
+        )
+    )
+    _head_axes(figure, layers, heads)
+    figure.update_layout(margin={"l": 55, "r": 10, "t": 40, "b": 40})
+    _outline(figure, layers, heads, selected)
+    return figure
+
+
+def label_grid(
+    labels: Sequence[Sequence[str]],
+    *,
+    scores: object = None,
+    title: str = "",
+    layer_index: Sequence[int] | None = None,
+    head_index: Sequence[int] | None = None,
+    selected: tuple[int, int] | None = None,
+    height: int | None = None,
+) -> go.Figure:
+    """A layer × head grid coloured by each head's category label (e.g. the
+    head taxonomy), with the label (and its score, when given) in each cell."""
+    rows = [list(row) for row in labels]
+    n_layers, n_heads = len(rows), len(rows[0]) if rows else 0
+    layers = list(layer_index) if layer_index is not None else list(range(n_layers))
+    heads = list(head_index) if head_index is not None else list(range(n_heads))
+    categories = list(dict.fromkeys(label for row in rows for label in row))
+    codes = float32([[categories.index(label) for label in row] for row in rows])
+    n = max(1, len(categories))
+    scale = []
+    for i, category in enumerate(categories):
+        color = LABEL_COLORS.get(category, COLORS[i % len(COLORS)])
+        scale += [[i / n, color], [(i + 1) / n, color]]
+    if not scale:
+        scale = [[0.0, "#e5e5e5"], [1.0, "#e5e5e5"]]
+    score_grid = float32(scores) if scores is not None else None
+    # Scores in the cells only where they fit; hover always has them.
+    with_scores = score_grid is not None and n_heads <= 8
+    text = [
+        [
+            _short(label) + (f"<br>{score_grid[li, hi]:.2f}" if with_scores else "")
+            for hi, label in enumerate(row)
+        ]
+        for li, row in enumerate(rows)
+    ]
+    hover = [
+        [
+            plotly_text(label.replace("_", " "))
+            + (f"<br>score {score_grid[li, hi]:.3f}" if score_grid is not None else "")
+            for hi, label in enumerate(row)
+        ]
+        for li, row in enumerate(rows)
+    ]
+    figure = base_figure(title, height=_height(n_layers, height))
+    figure.add_trace(
+        go.Heatmap(
+            z=codes,
+            zmin=-0.5,
+            zmax=n - 0.5,
+            colorscale=scale,
+            showscale=False,
+            xgap=1,
+            ygap=1,
+            text=text,
+            customdata=hover,
+            texttemplate="%{text}" if n_heads <= 16 else None,
+            textfont={"size": 9},
+            hovertemplate="layer %{y}, head %{x}<br>%{customdata}<extra></extra>",
+            x=int32(heads),
+            y=int32(layers),
+        )
+    )
+    for i, category in enumerate(categories):  # a legend for the categories
+        figure.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"size": 10, "symbol": "square",
+                        "color": LABEL_COLORS.get(category, COLORS[i % len(COLORS)])},
+                name=plotly_text(category.replace("_", " ")),
+            )
+        )
+    _head_axes(figure, layers, heads)
+    figure.update_layout(
+        legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "font": {"size": 10}},
+        margin={"l": 55, "r": 10, "t": 40, "b": 80},
+    )
+    _outline(figure, layers, heads, selected)
+    return figure
+
+
+def _short(label: str) -> str:
+    return plotly_text(
+        {
+            "previous_token": "prev",
+            "duplicate_token": "dup",
+            "induction": "induct",
+            "first_token_sink": "sink",
+        }.get(label, label)
+    )
+
+
+def importance_heatmap(
+    scores: object,
+    *,
+    title: str,
+    colorbar_title: str = "importance",
+    signed: bool | None = None,
+    zmax: float | None = None,
+    layer_index: Sequence[int] | None = None,
+    head_index: Sequence[int] | None = None,
+    selected: tuple[int, int] | None = None,
+) -> go.Figure:
+    """A `[layer, head]` importance score (ablation effect, gradient
+    importance, CHG score). Signed scores get a diverging scale; `zmax` fixes
+    the top of an unsigned one (1 for gate-valued scores such as CHG)."""
+    grid = float32(scores)
+    if signed is None:
+        signed = bool(np.nanmin(grid) < 0) if np.isfinite(grid).any() else False
+    return layer_head_heatmap(
+        grid,
+        title=title,
+        colorbar_title=colorbar_title,
+        layer_index=layer_index,
+        head_index=head_index,
+        signed=signed,
+        zmin=None if signed else 0.0,
+        zmax=None if signed else zmax,
+        selected=selected,
+    )
+
+
+def pruning_curve(
+    fractions: object,
+    curves: Mapping[str, object],
+    *,
+    metric_name: str = "loss",
+    baseline: float | None = None,
+    title: str = "Greedy pruning curve",
+) -> go.Figure:
+    """The metric after masking the lowest-ranked fraction of heads, one line
+    per ranking (`curves[name]` has one value per fraction); `baseline` is a
+    horizontal reference (e.g. the unablated metric)."""
+    x = float32(fractions)
+    figure = base_figure(title, height=340)
+    for i, (name, values) in enumerate(curves.items()):
+        figure.add_trace(
+            go.Scatter(
+                x=x * 100.0,
+                y=float32(values),
+                mode="lines+markers",
+                name=plotly_text(name),
+                line={"color": COLORS[i % len(COLORS)], "width": 2},
+                hovertemplate="%{x:.0f}% heads masked<br>"
+                + plotly_text(metric_name)
+                + " %{y:.4f}<extra>"
+                + plotly_text(name)
+                + "</extra>",
+            )
+        )
+    if baseline is not None:
+        figure.add_hline(
+            y=float(baseline),
+            line={"color": BASELINE_COLOR, "dash": "dot", "width": 1},
+            annotation_text="all heads",
+            annotation_position="top left",
+        )
+    figure.update_layout(
+        xaxis={"title": {"text": "heads masked (%)"}, "range": [-2, 102]},
+        yaxis={"title": {"text": plotly_text(metric_name)}},
+        legend={"orientation": "h", "y": -0.25, "yanchor": "top", "x": 0, "xanchor": "left"},
+        margin={"b": 90},
+    )
+    return figure

@@ -1,0 +1,144 @@
+"""Position-bias figures: attention-sink scores per head and key, and the
+cumulative influence by distance against a mask-only baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from headscope.figures.arrays import float32, int32
+from headscope.figures.style import (
+    HIGHLIGHT_COLOR,
+    SEQUENTIAL,
+    base_figure,
+    plotly_text,
+    token_label,
+)
+
+
+def sink_scores(
+    scores: object,
+    tokens: Sequence[str],
+    *,
+    threshold: float = 0.3,
+    layer_index: Sequence[int] | None = None,
+    head_index: Sequence[int] | None = None,
+    max_keys: int = 32,
+    title: str = "Sink score α_k per head",
+) -> go.Figure:
+    """Heatmap of sink scores `[layer, head, key]` (one row per head, the first
+    `max_keys` keys across); cells above `threshold` are marked ×."""
+    grid = float32(scores)
+    if grid.ndim != 3:
+        raise ValueError(f"sink_scores needs [layer, head, key], got shape {grid.shape}")
+    n_layers, n_heads, n_keys = grid.shape
+    layers = list(layer_index) if layer_index is not None else list(range(n_layers))
+    heads = list(head_index) if head_index is not None else list(range(n_heads))
+    shown = min(n_keys, max_keys, len(tokens))
+    rows = grid.reshape(n_layers * n_heads, n_keys)[:, :shown]
+    row_names = [f"L{layer}.H{head}" for layer in layers for head in heads]
+    key_names = [f"{k} {token_label(tokens[k])}" for k in range(shown)]
+    figure = base_figure(title, height=max(260, 110 + 14 * len(row_names)))
+    figure.add_trace(
+        go.Heatmap(
+            z=rows,
+            x=key_names,
+            y=row_names,
+            zmin=0.0,
+            zmax=1.0,
+            colorscale=SEQUENTIAL,
+            xgap=1,
+            ygap=1,
+            colorbar={"title": {"text": "α_k", "side": "right"}, "thickness": 10},
+            hovertemplate="%{y}<br>key %{x}<br>α %{z:.3f}<extra></extra>",
+        )
+    )
+    hot_rows, hot_cols = np.nonzero(rows > threshold)
+    if len(hot_rows):
+        figure.add_trace(
+            go.Scatter(
+                x=[key_names[c] for c in hot_cols],
+                y=[row_names[r] for r in hot_rows],
+                mode="markers",
+                marker={"symbol": "x-thin", "size": 7, "line": {"width": 1.5,
+                        "color": HIGHLIGHT_COLOR}},
+                name=f"sink (α > {threshold:g})",
+                hoverinfo="skip",
+            )
+        )
+    figure.update_layout(
+        xaxis={"type": "category", "title": {"text": "key"}, "tickangle": -60,
+               "tickmode": "array", "tickvals": key_names,
+               "ticktext": [token_label(tokens[k]) for k in range(shown)]},
+        yaxis={"type": "category", "autorange": "reversed", "title": {"text": "head"}},
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        margin={"l": 70, "r": 10, "t": 50, "b": 90},
+    )
+    return figure
+
+
+def influence_by_distance(
+    curves: object,
+    baseline: object = None,
+    *,
+    layer_index: Sequence[int] | None = None,
+    baseline_name: str = "mask only",
+    log_y: bool = False,
+    title: str = "Cumulative influence by distance",
+) -> go.Figure:
+    """One line per layer of `curves[layer, distance]` (influence mass at each
+    query − key distance after that many layers), coloured from early (light)
+    to late (dark); `baseline` (`[layer, distance]` or `[distance]`) is the same
+    computation on the mask alone, drawn dashed."""
+    grid = float32(curves)
+    if grid.ndim == 1:
+        grid = grid[None]
+    n_layers, n_dist = grid.shape
+    layers = list(layer_index) if layer_index is not None else list(range(n_layers))
+    colors = sample_colorscale("Blues", [0.35 + 0.65 * i / max(1, n_layers - 1)
+                                         for i in range(n_layers)])
+    x = int32(range(n_dist))
+    figure = base_figure(title, height=380)
+    base = None if baseline is None else float32(baseline)
+    per_layer = base is not None and base.ndim == 2
+    for i, layer in enumerate(layers):
+        figure.add_trace(
+            go.Scatter(
+                x=x,
+                y=grid[i],
+                mode="lines",
+                name=f"model, after layer {layer}",
+                legendgroup=f"layer{layer}",
+                line={"color": colors[i], "width": 2},
+                hovertemplate="distance %{x}<br>influence %{y:.4f}<extra>layer "
+                + str(layer)
+                + "</extra>",
+            )
+        )
+        if per_layer:
+            figure.add_trace(_baseline_line(x, base[i], f"{baseline_name}, after layer {layer}",
+                                            colors[i], f"layer{layer}"))
+    if base is not None and not per_layer:
+        figure.add_trace(_baseline_line(x, base, baseline_name, colors[-1], "baseline"))
+    figure.update_layout(
+        xaxis={"title": {"text": "distance (query − key)"}},
+        yaxis={"title": {"text": "influence"}, "type": "log" if log_y else "linear"},
+        legend={"font": {"size": 10}},
+    )
+    return figure
+
+
+def _baseline_line(x, values, name: str, color: str, group: str) -> go.Scatter:
+    return go.Scatter(
+        x=x,
+        y=float32(values),
+        mode="lines",
+        name=plotly_text(name),
+        legendgroup=group,
+        line={"color": color, "width": 1.5, "dash": "dash"},
+        hovertemplate="distance %{x}<br>baseline %{y:.4f}<extra>" + plotly_text(name)
+        + "</extra>",
+    )
