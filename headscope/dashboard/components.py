@@ -1,0 +1,96 @@
+"""Building blocks shared by the pages. All user text (prompts, tokens) is
+passed to dash as plain strings, which React renders as text: never as HTML."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dash import dcc, html
+
+from headscope.figures.style import display_token, message_figure
+
+GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"scale": 2}}
+
+
+def graph(component_id: str, *, message: str = "", height: int = 300, **props) -> dcc.Graph:
+    """A dcc.Graph that starts as a blank figure showing `message`."""
+    return dcc.Graph(
+        id=component_id,
+        figure=message_figure(message, height=height),
+        config=GRAPH_CONFIG,
+        **props,
+    )
+
+
+def card(title: str | None, *children, note: str | None = None, **props) -> html.Div:
+    parts = []
+    if title:
+        parts.append(html.H3(title))
+    if note:
+        parts.append(html.P(note, className="hs-note"))
+    return html.Div([*parts, *children], className="hs-card", **props)
+
+
+def page_header(title: str, subtitle: str, message_id: str) -> list:
+    return [
+        html.Div(title, className="hs-page-title"),
+        html.Div(subtitle, className="hs-page-sub"),
+        html.Div(id=message_id),
+    ]
+
+
+def token_chips(
+    tokens: Sequence[str],
+    *,
+    weights: Sequence[float] | None = None,
+    query: int | None = None,
+    button_type: str | None = None,
+    limit: int = 600,
+) -> list:
+    """Tokens as small labelled chips. `weights` in [0, 1] shade each chip
+    (token highlighting); `button_type` makes them buttons with pattern ids
+    `{"type": button_type, "index": i}`."""
+    chips = []
+    top = max(weights) if weights else 0.0
+    for i, token in enumerate(tokens[:limit]):
+        style = {}
+        if weights is not None and top > 0:
+            alpha = max(0.0, min(1.0, weights[i] / top))
+            style = {"background": f"rgba(31, 95, 168, {alpha:.3f})",
+                     "color": "#ffffff" if alpha > 0.55 else "#1d2330"}
+        title = f"{i}: {token!r}" + (f" — {weights[i]:.4f}" if weights is not None else "")
+        content = [html.Span(str(i), className="hs-index"), display_token(token)]
+        class_name = "hs-token" + (" hs-token-query" if query == i else "")
+        if button_type:
+            chips.append(
+                html.Button(content, id={"type": button_type, "index": i}, className=class_name,
+                            style=style, title=title, n_clicks=0)
+            )
+        else:
+            chips.append(html.Span(content, className=class_name, style=style, title=title))
+    if len(tokens) > limit:
+        chips.append(html.Span(f"… {len(tokens) - limit} more", className="hs-muted"))
+    return chips
+
+
+def stats_table(rows: Sequence[tuple[str, str]]) -> html.Table:
+    return html.Table(
+        html.Tbody([html.Tr([html.Td(name), html.Td(value)]) for name, value in rows]),
+        className="hs-stats",
+    )
+
+
+def progress_block(prefix: str) -> html.Div:
+    """A progress bar, its label and a cancel button (ids `<prefix>-progress`,
+    `<prefix>-progress-label`, `<prefix>-cancel`), hidden until a job runs."""
+    return html.Div(
+        [
+            html.Progress(id=f"{prefix}-progress", value="0", max="1"),
+            html.Span("starting…", id=f"{prefix}-progress-label", className="hs-muted"),
+            html.Button("Cancel", id=f"{prefix}-cancel", className="hs-button hs-button-quiet",
+                        disabled=True, n_clicks=0),
+        ],
+        id=f"{prefix}-progress-block",
+        className="hs-progress",
+        style={"display": "none"},
+    )

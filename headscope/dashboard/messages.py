@@ -1,0 +1,57 @@
+"""User-visible messages: turn exceptions into one readable line, and keep a
+failing callback from taking the page (or the server) down."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dash import html
+from dash.exceptions import PreventUpdate
+
+from headscope.errors import HeadscopeError
+
+log = logging.getLogger("headscope.dashboard")
+
+
+def describe(error: BaseException, what: str = "the computation") -> str:
+    """One line for the page: the message of errors a user can fix, the type
+    and message of anything else (the traceback goes to the server log)."""
+    if isinstance(error, HeadscopeError):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return f"{what} ran out of memory; try a shorter prompt"
+    text = str(error) or type(error).__name__
+    return f"{what} failed: {type(error).__name__}: {text}"
+
+
+def alert(text: str | None, *, kind: str = "error") -> html.Div | None:
+    """A message box (rendered as text, never as HTML), or None for no message."""
+    if not text:
+        return None
+    return html.Div(text, className=f"hs-alert hs-alert-{kind}", role="alert")
+
+
+def guarded(fallback: Callable[[str], Sequence[Any]], what: str = "the computation"):
+    """Decorate a callback body: on an exception, log it and return
+    `fallback(message)` (the callback's outputs with the message in place)
+    instead of letting it reach dash. PreventUpdate passes through."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except PreventUpdate:
+                raise
+            except HeadscopeError as error:
+                return fallback(describe(error, what))
+            except Exception as error:
+                log.exception("dashboard callback %s failed", function.__name__)
+                return fallback(describe(error, what))
+
+        return wrapper
+
+    return decorate

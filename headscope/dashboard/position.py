@@ -1,0 +1,126 @@
+"""Page 5, Position: attention sinks per head (Xiao et al. 2023; the α_k metric
+of Gu et al. 2025) and the model's cumulative influence by distance next to
+the same computation on the attention mask alone (Wu et al. 2025, "On the
+Emergence of Position Bias in Transformers")."""
+
+from __future__ import annotations
+
+from dash import Dash, Input, Output, dcc, html
+
+from headscope.dashboard import results
+from headscope.dashboard.components import card, graph, page_header
+from headscope.dashboard.inputs import check_fraction, choice
+from headscope.dashboard.messages import alert, describe, guarded
+from headscope.dashboard.session import ModelSession
+from headscope.figures.position import influence_by_distance, sink_scores
+from headscope.figures.style import display_token, message_figure
+
+#: Masks offered as the mask-only baseline (the first is the model's own).
+CAUSAL_MASKS = ("causal", "sliding_window", "prefix", "decay")
+BIDIRECTIONAL_MASKS = ("bidirectional",)
+
+
+def mask_choices(session: ModelSession) -> tuple[str, ...]:
+    spec = session.spec
+    return CAUSAL_MASKS if spec is None or spec.causal else BIDIRECTIONAL_MASKS
+
+
+def layout(session: ModelSession) -> list:
+    masks = mask_choices(session)
+    return [
+        *page_header(
+            "Position",
+            "Which keys soak up attention regardless of content, and how influence spreads "
+            "with distance compared to what the mask alone would give.",
+            "pos-message",
+        ),
+        html.Div(
+            [
+                card(
+                    "Attention sinks",
+                    html.Div(
+                        [html.Label("sink threshold", htmlFor="pos-threshold"),
+                         dcc.Slider(id="pos-threshold", min=0.1, max=0.9, step=0.05, value=0.3,
+                                    marks={v: f"{v:g}" for v in (0.1, 0.3, 0.5, 0.7, 0.9)})],
+                        className="hs-control",
+                        style={"maxWidth": "360px"},
+                    ),
+                    html.Div(id="pos-sink-heads", className="hs-metric",
+                             style={"margin": "6px 0"}),
+                    graph("pos-sinks", message="Computing…", height=420),
+                    note="α_k = mean attention to key k over the queries that can see it; "
+                    "a head is a sink head for k when α_k exceeds the threshold.",
+                ),
+                card(
+                    "Influence by distance",
+                    html.Div(
+                        [html.Label("mask-only baseline", htmlFor="pos-mask"),
+                         dcc.Dropdown(id="pos-mask", value=masks[0], clearable=False,
+                                      options=[{"label": m.replace("_", " "), "value": m}
+                                               for m in masks],
+                                      style={"width": "220px"})],
+                        className="hs-control",
+                    ),
+                    graph("pos-influence", message="Computing…", height=420),
+                    note="Cumulative product of the head-averaged maps (no residual): mass at "
+                    "each |query − key| distance after each layer. Dashed: uniform attention "
+                    "over the mask alone (decay: weights ∝ γ^distance).",
+                ),
+            ],
+            className="hs-grid-2",
+        ),
+    ]
+
+
+def position_outputs(
+    session: ModelSession, store: dict | None, threshold: object, mask: object
+) -> tuple:
+    """(sink heads text, sink figure, influence figure, message)."""
+    state = session.state(store.get("prompt") if isinstance(store, dict) else None)
+    record = state.record
+    limit = check_fraction(threshold, 0.3)
+    problems = []
+    try:
+        scores = results.sink_scores(state)
+        sinks = sink_scores(scores, state.tokens, threshold=limit,
+                            layer_index=record.layer_index, head_index=record.head_index)
+        hot = (scores > limit).nonzero().tolist()
+        listed = ", ".join(
+            f"L{record.layer_index[li]}.H{record.head_index[hi]}→{k} "
+            f"{display_token(state.tokens[k])}"
+            for li, hi, k in hot[:24]
+        )
+        more = f" (+{len(hot) - 24} more)" if len(hot) > 24 else ""
+        bos = " (BOS prepended: key 0 is BOS)" if record.provenance.prepended_bos else ""
+        text = (f"{len(hot)} sink (head, key) pairs above {limit:g}{bos}: {listed}{more}"
+                if hot else f"no head has α_k above {limit:g}{bos}")
+    except Exception as error:
+        problems.append(describe(error, "the sink scores"))
+        sinks, text = message_figure("sink scores unavailable"), ""
+    try:
+        kind = choice(mask, mask_choices(session), mask_choices(session)[0])
+        curves = results.influence(state, kind)
+        influence = influence_by_distance(
+            curves.model, curves.baseline, layer_index=record.layer_index,
+            baseline_name=f"{curves.mask} mask only",
+        )
+    except Exception as error:
+        problems.append(describe(error, "the influence curves"))
+        influence = message_figure("influence curves unavailable")
+    message = alert("; ".join(dict.fromkeys(problems)), kind="info") if problems else None
+    return text, sinks, influence, message
+
+
+def register(app: Dash, session: ModelSession) -> None:
+    @app.callback(
+        Output("pos-sink-heads", "children"),
+        Output("pos-sinks", "figure"),
+        Output("pos-influence", "figure"),
+        Output("pos-message", "children"),
+        Input("prompt-store", "data"),
+        Input("pos-threshold", "value"),
+        Input("pos-mask", "value"),
+    )
+    @guarded(lambda m: ("", message_figure(m), message_figure(m), alert(m)), "the position page")
+    def _position(store, threshold, mask):
+        return position_outputs(session, store, threshold, mask)

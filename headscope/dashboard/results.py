@@ -1,0 +1,197 @@
+"""Per-prompt and per-model analysis results, computed through the analyses
+package and memoized on the server (per prompt in `PromptState`, per model in
+`ModelSession`). Page callbacks ask for results here and only build figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from headscope.analyses.summary import HeadSummary, head_summary
+from headscope.dashboard.session import ModelSession, PromptState, analysis_module
+
+
+def summary(state: PromptState) -> HeadSummary:
+    return state.cached("summary", lambda: head_summary(state.record.pattern))
+
+
+def taxonomy_scores(state: PromptState) -> dict[str, Tensor]:
+    """`head_scores(record)`: one `[layer, head]` score per taxonomy category."""
+    taxonomy = analysis_module("taxonomy")
+    return state.cached("taxonomy", lambda: dict(taxonomy.head_scores(state.record)))
+
+
+def taxonomy_labels(state: PromptState) -> tuple[list[list[str]], Tensor]:
+    """(primary label per head, that label's score per head): `head_labels`
+    with its default per-category thresholds; unlabelled heads ("none") carry
+    their best score."""
+    taxonomy = analysis_module("taxonomy")
+
+    def compute() -> tuple[list[list[str]], Tensor]:
+        scores = taxonomy_scores(state)
+        labels = taxonomy.head_labels(scores)
+        stacked = torch.stack([scores[name].float() for name in scores]).nan_to_num(-1.0)
+        best = stacked.max(0).values
+        for layer, row in enumerate(labels):
+            for head, label in enumerate(row):
+                if label in scores:
+                    best[layer, head] = float(scores[label][layer, head])
+        return labels, best
+
+    return state.cached("labels", compute)
+
+
+def sink_scores(state: PromptState) -> Tensor:
+    """Sink score α_k per `[layer, head, key]` (Gu et al. 2025 metric), with the
+    visibility of the model's mask (causal or not)."""
+    position = analysis_module("position")
+    causal = state.record.spec.causal
+    return state.cached("sinks", lambda: position.sink_scores(state.record.pattern,
+                                                              causal=causal))
+
+
+def rollout(state: PromptState, residual: float = 0.5) -> Tensor:
+    flow = analysis_module("flow")
+    return state.cached(("rollout", residual), lambda: flow.rollout(state.record.pattern,
+                                                                    residual=residual))
+
+
+def attention_flow(state: PromptState, residual: float = 0.5) -> Tensor:
+    flow = analysis_module("flow")
+    return state.cached(
+        ("flow", residual),
+        lambda: flow.attention_flow(state.record.pattern, residual=residual, normalize=True),
+    )
+
+
+def content_free(
+    n: int, n_layers: int, causal: bool, method: str, residual: float = 0.5
+) -> Tensor:
+    """The content-free baseline's final `[query, key]` map (uniform attention
+    over the mask, pushed through the same computation)."""
+    flow = analysis_module("flow")
+    result = flow.content_free_baseline(
+        n, n_layers=n_layers, causal=causal, method=method, residual=residual
+    )
+    result = torch.as_tensor(result)
+    return result[-1] if result.dim() == 3 else result
+
+
+#: Mask-only baselines offered on the position page, with their parameters.
+MASKS: dict[str, dict] = {
+    "causal": {},
+    "bidirectional": {},
+    "sliding_window": {"window": 8},
+    "prefix": {"prefix": None},  # None: half the prompt
+    "decay": {"gamma": 0.8},
+}
+
+
+def mask_label(kind: str, n: int) -> str:
+    params = mask_parameters(kind, n)
+    detail = ", ".join(f"{'γ' if k == 'gamma' else k}={v:g}" for k, v in params.items())
+    return kind.replace("_", " ") + (f" ({detail})" if detail else "")
+
+
+def mask_parameters(kind: str, n: int) -> dict:
+    return {k: (n // 2 if v is None else v) for k, v in MASKS[kind].items()}
+
+
+@dataclass(frozen=True)
+class Influence:
+    """Influence mass by |query − key| distance after each layer, for the
+    model (head-averaged maps, no residual) and for the mask alone."""
+
+    model: Tensor  # [layer, distance]
+    baseline: Tensor  # [layer, distance]
+    mask: str
+
+
+def influence(state: PromptState, mask: str) -> Influence:
+    position = analysis_module("position")
+
+    def compute() -> Influence:
+        pattern = state.record.pattern
+        n_layers, n = pattern.shape[0], pattern.shape[-1]
+        model_curve = position.influence_by_distance(position.cumulative_influence(pattern))
+        mask_map = position.mask_attention(mask, n, **mask_parameters(mask, n))
+        baseline = position.influence_by_distance(
+            position.cumulative_influence(mask_map, n_layers=n_layers)
+        )
+        return Influence(model_curve, baseline, mask_label(mask, n))
+
+    return state.cached(("influence", mask), compute)
+
+
+# -- model-level (weights only) -------------------------------------------------------------------
+
+MP_MATRICES = ("W_Q", "W_K", "W_V", "W_O")
+
+
+def head_weights(session: ModelSession):
+    """Per-head weights with norms folded in (`spectral.head_weights`). Reading
+    them runs a short forward with hooks, so it takes the model lock."""
+    spectral = analysis_module("spectral")
+
+    def compute():
+        with session.lock:
+            return spectral.head_weights(session.require_model())
+
+    return session.cached_model_result("head_weights", compute)
+
+
+def spectra(session: ModelSession):
+    """QK / OV spectra of every head (`spectral.HeadSpectra`), with copying
+    scores only for models with a trained LM head (W_U means nothing otherwise).
+    The same steps as `spectral.spectra`, with only the weight read under the lock."""
+    spectral = analysis_module("spectral")
+
+    def compute():
+        weights = head_weights(session)
+        result = spectral.qk_ov_spectra(weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
+        copying = None
+        if session.require_model().spec.has_lm_head:
+            copying = spectral.copying_score(
+                weights.W_E, weights.W_V, weights.W_O, weights.W_U
+            ).float()
+        return spectral.HeadSpectra(qk=result.qk, ov=result.ov, copying=copying)
+
+    return session.cached_model_result("spectra", compute)
+
+
+def composition(session: ModelSession, kind: str):
+    """All-pairs composition scores of one kind with the random baseline
+    (`spectral.composition_scores`). It reads the weights with a forward, so it
+    holds the model lock throughout: the dashboard runs it in a background job,
+    whose forked process has a model of its own."""
+    spectral = analysis_module("spectral")
+
+    def compute():
+        with session.lock:
+            return spectral.composition_scores(session.require_model(), kind)
+
+    return session.cached_model_result(("composition", kind), compute)
+
+
+def mp_fit(session: ModelSession, layer: int, head: int, matrix: str):
+    """Marchenko–Pastur fit of one head's weight matrix (Tracy–Widom margin)."""
+    spectral = analysis_module("spectral")
+
+    def compute():
+        weights = head_weights(session)
+        return spectral.marchenko_pastur_fit(getattr(weights, matrix)[layer, head])
+
+    return session.cached_model_result(("mp", layer, head, matrix), compute)
+
+
+def warm_up(session: ModelSession) -> None:
+    """Compute the spectra ahead of the first head page (run in a daemon
+    thread by `create_app`); a failure is left for the pages to report."""
+    if session.model is None:
+        return
+    try:
+        spectra(session)
+    except Exception:
+        return

@@ -1,0 +1,79 @@
+"""The dashboard's URLs: which page a path shows, and links that carry the prompt.
+
+Every page takes the prompt from `?prompt=...`, so any view can be shared as a
+link, e.g. `/head/1/3?prompt=red%20cat%20red%20cat`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlencode
+
+
+@dataclass(frozen=True)
+class Page:
+    kind: str
+    path: str
+    title: str
+    description: str
+
+
+PAGES: tuple[Page, ...] = (
+    Page("overview", "/", "Overview", "every head at a glance"),
+    Page("head", "/head/0/0", "Head", "one head in detail"),
+    Page("flow", "/flow", "Flow", "raw attention, rollout and flow for one token"),
+    Page("importance", "/importance", "Importance", "ablation, gradients and CHG"),
+    Page("position", "/position", "Position", "sinks and influence by distance"),
+    Page("spectral", "/spectral", "Spectral", "QK/OV spectra and composition"),
+    Page("playground", "/playground", "Playground", "gate heads, watch the output"),
+)
+PAGE_KINDS: tuple[str, ...] = tuple(page.kind for page in PAGES)
+
+_HEAD = re.compile(r"^/head/(\d{1,4})/(\d{1,4})/?$")
+
+
+@dataclass(frozen=True)
+class Route:
+    """A parsed path: the page kind (`missing` for unknown paths) and, for
+    the head page, the layer and head as written in the URL (not yet checked
+    against the model)."""
+
+    kind: str
+    layer: int | None = None
+    head: int | None = None
+
+
+def parse_path(pathname: str | None) -> Route:
+    path = (pathname or "/").rstrip("/") or "/"
+    if path == "/":
+        return Route("overview")
+    match = _HEAD.match(path)
+    if match:
+        return Route("head", int(match.group(1)), int(match.group(2)))
+    if path == "/head":
+        return Route("head", 0, 0)
+    for page in PAGES:
+        if page.kind != "head" and path == page.path:
+            return Route(page.kind)
+    return Route("missing")
+
+
+def prompt_from_search(search: str | None) -> str | None:
+    """The `prompt` query parameter of a URL's search string, if any."""
+    if not search:
+        return None
+    values = parse_qs(search.lstrip("?"), keep_blank_values=True).get("prompt")
+    return values[0] if values else None
+
+
+def search_for(prompt: str | None) -> str:
+    return f"?{urlencode({'prompt': prompt})}" if prompt else ""
+
+
+def head_path(layer: int, head: int) -> str:
+    return f"/head/{int(layer)}/{int(head)}"
+
+
+def href(path: str, prompt: str | None) -> str:
+    return path + search_for(prompt)

@@ -1,0 +1,222 @@
+"""Page callbacks as plain functions: what each page returns for a prompt,
+and that failures become messages instead of exceptions."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import pytest
+import torch
+from dash import html
+
+from headscope.dashboard import flow, head, importance, overview, playground, position
+from headscope.dashboard.examples import TOY_PROMPTS
+from headscope.dashboard.messages import describe, guarded
+from headscope.errors import InputError
+
+PROMPT = {"prompt": TOY_PROMPTS[0], "search": "?prompt=" + TOY_PROMPTS[0].replace(" ", "+")}
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def texts(component) -> list[str]:
+    """Every string child in a dash component tree."""
+    if isinstance(component, str):
+        return [component]
+    if isinstance(component, (list, tuple)):
+        return [t for item in component for t in texts(item)]
+    children = getattr(component, "children", None)
+    return texts(children) if children is not None else []
+
+
+def test_overview_returns_the_grid_and_summaries(toy_session):
+    chips, grid, entropy, sink, labels, message = overview.overview_outputs(toy_session, PROMPT)
+    assert "".join(texts(chips)).count("cat") == 2
+    assert isinstance(grid, go.Figure) and len(grid.data[1].customdata) == 8
+    assert entropy.data[0].z.shape == (2, 4) and sink.data[0].z.shape == (2, 4)
+    assert isinstance(labels, go.Figure)
+    assert message is None or "hs-alert" in message.className
+
+
+def test_overview_click_opens_the_head(toy_session):
+    click = {"points": [{"customdata": [1, 3]}]}
+    assert overview.open_head(toy_session, click) == "/head/1/3"
+    from dash.exceptions import PreventUpdate
+
+    with pytest.raises(PreventUpdate):
+        overview.open_head(toy_session, {"points": [{"customdata": [7, 7]}]})
+
+
+def test_head_page_map_stats_and_picker(toy_session):
+    title, figure, message, drawn = head.head_main(toy_session, "/head/0/2", PROMPT)
+    assert title == "Layer 0, head 2" and message is None and drawn.startswith("0.2|red")
+    assert figure.data[0].z.shape == (13, 13) and "13 tokens" in figure.layout.title.text
+    links = list(head.head_picker(toy_session, PROMPT)[0].children)
+    assert len(links) == 8 and links[5].id == "pick-1-1"
+    assert links[5].href == "/head/1/1?prompt=red+cat+blue+dog+sun+tree+red+cat+blue+dog+sun+tree"
+    stats, _taxonomy = head.head_side(toy_session, "/head/0/2", PROMPT)
+    table = " ".join(texts(stats))
+    assert "previous-token mass" in table and "0.875" in table
+
+
+def test_head_page_refuses_heads_outside_the_model(toy_session):
+    with pytest.raises(InputError, match="layer 5 does not exist"):
+        head.head_main(toy_session, "/head/5/0", PROMPT)
+
+
+def test_exact_value_of_a_clicked_cell(toy_session):
+    state = toy_session.state(PROMPT["prompt"])
+    click = {"points": [{"x": "1 red", "y": "2 cat", "z": 0.9}]}
+    text = head.exact_values(toy_session, click, "/head/0/2", PROMPT)
+    weight = float(state.record.map(0, 2)[2, 1])
+    assert "query 2 cat" in text and f"{weight:.6f}" in text
+    assert head.exact_values(toy_session, None, "/head/0/2", PROMPT) == ""
+
+
+def test_guarded_turns_errors_into_messages():
+    @guarded(lambda message: ("fallback", message), "the thing")
+    def broken():
+        raise RuntimeError("boom")
+
+    @guarded(lambda message: ("fallback", message))
+    def refused():
+        raise InputError("the prompt is empty")
+
+    assert broken() == ("fallback", "the thing failed: RuntimeError: boom")
+    assert refused() == ("fallback", "the prompt is empty")
+    assert describe(MemoryError()).endswith("try a shorter prompt")
+
+
+def test_flow_page_for_a_query(toy_session):
+    options, default = flow.query_options(toy_session, PROMPT)
+    assert default == 12 and options[0]["label"] == "0: <bos>"
+    steps = []
+    figure, chips, _message = flow.flow_outputs(
+        toy_session, PROMPT, 12, 0.5, progress=lambda *a: steps.append(a)
+    )
+    assert isinstance(figure, go.Figure) and steps[-1][:2] == (4, 4)
+    bars = [trace for trace in figure.data if trace.type == "bar"]
+    assert 1 <= len(bars) <= 3
+    assert isinstance(chips[12], html.Button) and "hs-token-query" in chips[12].className
+    # a junk query falls back to the last token, a junk residual to 0.5
+    figure, _, _ = flow.flow_outputs(toy_session, PROMPT, "junk", 99)
+    assert "Query 12" in figure.layout.title.text
+
+
+def test_position_page(toy_session):
+    text, sinks, influence, _ = position.position_outputs(toy_session, PROMPT, 0.3, "evil")
+    assert isinstance(sinks, go.Figure) and isinstance(influence, go.Figure)
+    assert "sink (head, key) pairs above 0.3" in text and "BOS prepended" in text
+
+
+def test_importance_ablation_and_gradient(toy_session):
+    seen = []
+    outputs = importance.importance_outputs(
+        toy_session, "\n".join(TOY_PROMPTS[:3]), ["ablation", "gradient"], "zero", 3, 50,
+        progress=lambda *a: seen.append(a),
+    )
+    figures = dict(zip(importance.OUTPUT_IDS, outputs[:-1], strict=True))
+    ablation = figures["imp-ablation"].data[0].z
+    assert ablation.shape == (2, 4)
+    # the previous-token head 0.2 and the induction head 1.3 matter most
+    assert ablation[0].argmax() == 2 and ablation[1].argmax() == 3
+    assert len(figures["imp-pruning"].data) == 2
+    assert "3 prompts" in outputs[-1].children and seen
+
+
+def test_importance_refuses_bad_prompt_sets(toy_session):
+    with pytest.raises(InputError):
+        importance.importance_outputs(toy_session, "", ["ablation"], "zero", 3, 50)
+    with pytest.raises(InputError, match="context"):
+        importance.importance_outputs(toy_session, "red " * 300, ["ablation"], "zero", 3, 50)
+
+
+def test_playground_gate_editing(toy_session):
+    grid, selected, value = playground.edit_gates(
+        toy_session, {"type": "gate-cell", "layer": 0, "head": 2}, 1.0, None, None
+    )
+    assert grid[0][2] == 0.0 and selected == [0, 2] and value == 0.0
+    grid, selected, value = playground.edit_gates(toy_session, "play-scale", 0.25, grid, selected)
+    assert grid[0][2] == 0.25 and value == 0.25
+    grid, _, value = playground.edit_gates(toy_session, "play-reset", 0.25, grid, selected)
+    assert grid == [[1.0] * 4, [1.0] * 4] and value == 1.0
+    with pytest.raises(InputError):
+        playground.edit_gates(toy_session, {"type": "gate-cell", "layer": 9, "head": 0},
+                              1, None, None)
+    styles, classes = playground.gate_styles(toy_session, [[1, 1, 0, 1], [1, 1, 1, 1]], [0, 2])
+    assert "rgba" in styles[2]["background"] and "hs-gate-selected" in classes[2]
+
+
+def test_playground_ablating_the_induction_circuit_raises_the_loss(toy_session):
+    ones = [[1.0] * 4, [1.0] * 4]
+    clean = playground.playground_outputs(toy_session, PROMPT, ones, None)
+    gated = [[1.0, 1.0, 0.0, 1.0], [1.0] * 4]
+    ablated = playground.playground_outputs(toy_session, PROMPT, gated, None)
+
+    def loss(outputs):
+        line = next(t for t in texts(outputs[1]) if t.startswith("loss on the prompt"))
+        return float(line.split(":")[1].split()[0])
+
+    assert loss(ablated) > loss(clean) + 0.5
+    assert "gated: 0.2×0" in " ".join(texts(ablated[1]))
+    # the maps update too: without the previous-token head, layer 1 attends elsewhere
+    state = toy_session.state(PROMPT["prompt"])
+    gates = torch.tensor(gated)
+    run = playground.gated_run(toy_session, state, gates)
+    assert torch.equal(run.pattern[0], state.record.pattern[0])  # layer 0 is upstream
+    assert (run.pattern[1, 3] - state.record.pattern[1, 3]).abs().max() > 0.1
+    assert clean[0].data[-1].x.dtype.name == "float32"
+
+
+def test_markup_in_prompts_stays_text(toy_session):
+    store = {"prompt": f"red cat {XSS}"}
+    chips, *_ = overview.overview_outputs(toy_session, store)
+    assert all(isinstance(c, (html.Span, html.Button, str)) for c in chips)
+    assert "<" in "".join(texts(chips))  # shown literally by React
+    _, figure, _, _ = head.head_main(toy_session, "/head/0/0", store)
+    assert "<img" not in figure.to_json()
+
+
+@pytest.mark.slow
+def test_encoder_playground_shows_embedding_similarity(minilm_session):
+    store = {"prompt": "The cat sat on the mat."}
+    spec = minilm_session.spec
+    ones = [[1.0] * spec.n_heads for _ in range(spec.n_layers)]
+    figure, metrics, _, _ = playground.playground_outputs(minilm_session, store, ones, "A dog.")
+    assert "cosine to the unablated embedding: 1.0000" in " ".join(texts(metrics))
+    off = [[0.0] * spec.n_heads, *ones[1:]]
+    figure, metrics, _, _ = playground.playground_outputs(minilm_session, store, off, "A dog.")
+    line = next(t for t in texts(metrics) if t.startswith("cosine"))
+    assert float(line.split(":")[1]) < 0.999
+    assert "next token" not in figure.layout.title.text.lower()
+
+
+def test_spectral_page_figures_and_composition(toy_session):
+    from headscope.dashboard import spectral
+
+    spectra, mp, stable, _effective, copying, message = spectral.spectral_outputs(
+        toy_session, 0, 2, "OV", "W_V"
+    )
+    assert len(spectra.data) == 8 and spectra.data[-1].name == "0.2 OV"
+    assert stable.data[0].z.shape == (2, 4) and copying.data[0].z.shape == (2, 4)
+    assert "W_V of head 0.2" in mp.layout.title.text and message is None
+    # junk choices fall back to the defaults; heads outside the model are refused
+    spectra, *_ = spectral.spectral_outputs(toy_session, 1, 3, "evil", "rm -rf")
+    assert spectra.data[-1].name == "1.3 QK"
+    with pytest.raises(InputError):
+        spectral.spectral_outputs(toy_session, 0, 9, "QK", "W_Q")
+    figure, _ = spectral.composition_output(toy_session, "K")
+    assert list(figure.data[0].y) == ["0.0", "0.1", "0.2", "0.3"]
+    assert list(figure.data[0].x) == ["1.0", "1.1", "1.2", "1.3"]
+    assert "random baseline" in figure.layout.title.text
+    assert "head 1.3" in spectral.head_spectra_figure(toy_session, 1, 3).layout.title.text
+
+
+@pytest.mark.slow
+def test_encoder_tokens_with_markup_stay_text(minilm_session):
+    store = {"prompt": f"a {XSS} b"}
+    chips, grid, *_ = overview.overview_outputs(minilm_session, store)
+    shown = [t for t in texts(chips) if not t.isdigit()]
+    assert "<" in shown and ">" in shown  # wordpieces of the markup, shown as text
+    figure = head.head_main(minilm_session, "/head/0/0", store)[1]
+    assert "&lt;" in figure.to_json()  # the "<" wordpiece, escaped for plotly
+    for shown in (grid, figure):
+        assert "<img" not in shown.to_json() and "<" not in str(shown.layout.xaxis.ticktext)

@@ -1,0 +1,225 @@
+"""The dashboard's server side without a browser: routes, input checks, the
+prompt cache, the app factory and run_dashboard."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from dash import no_update
+
+from headscope.dashboard import routes, shell
+from headscope.dashboard.app import create_app, run_dashboard
+from headscope.dashboard.cache import LRUCache
+from headscope.dashboard.inputs import (
+    check_gates,
+    check_head,
+    check_index,
+    choice,
+    clicked_head,
+    prompt_lines,
+)
+from headscope.dashboard.session import ModelSession, check_prompt_text
+from headscope.errors import HeadscopeError, InputError
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "layer", "head"),
+    [
+        ("/", "overview", None, None),
+        (None, "overview", None, None),
+        ("/head/1/3", "head", 1, 3),
+        ("/head/1/3/", "head", 1, 3),
+        ("/head", "head", 0, 0),
+        ("/flow", "flow", None, None),
+        ("/playground/", "playground", None, None),
+        ("/head/x/3", "missing", None, None),
+        ("/../etc/passwd", "missing", None, None),
+    ],
+)
+def test_parse_path(path, kind, layer, head):
+    assert routes.parse_path(path) == routes.Route(kind, layer, head)
+
+
+def test_prompt_round_trips_through_the_url():
+    for prompt in ("red cat", "a&b=c?d#e", XSS, "naïve ✓"):
+        assert routes.prompt_from_search(routes.search_for(prompt)) == prompt
+    assert routes.prompt_from_search("") is None
+    assert routes.href("/head/1/3", "red cat") == "/head/1/3?prompt=red+cat"
+
+
+# -- input checks --------------------------------------------------------------------------------
+
+
+def test_check_head_refuses_out_of_range(toy_model):
+    spec = toy_model.spec
+    assert check_head(spec, "1", 3) == (1, 3)
+    for layer, head in ((2, 0), (0, 4), (-1, 0), ("a", 0), (None, 0)):
+        with pytest.raises(InputError):
+            check_head(spec, layer, head)
+
+
+def test_clicked_head_reads_customdata_or_axes_and_validates(toy_model):
+    spec = toy_model.spec
+    assert clicked_head({"points": [{"customdata": [1, 2], "x": 9, "y": 9}]}, spec) == (1, 2)
+    assert clicked_head({"points": [{"x": 3, "y": 0, "z": 0.4}]}, spec) == (0, 3)
+    assert clicked_head({"points": [{"x": 30, "y": 0}]}, spec) is None
+    assert clicked_head({"points": []}, spec) is None
+    assert clicked_head("junk", spec) is None
+
+
+def test_whitelists_and_gates(toy_model):
+    assert choice("evil", ("zero", "mean"), "zero") == "zero"
+    assert check_index(-1, 5) == 4
+    assert check_index("x", 5, default=2) == 2
+    with pytest.raises(InputError):
+        check_index(7, 5)
+    spec = toy_model.spec
+    assert check_gates("nope", spec) == [[1.0] * 4, [1.0] * 4]
+    assert check_gates([[0, 2, "x", 0.5], [1, 1, 1, 1]], spec)[0] == [0.0, 1.0, 1.0, 0.5]
+    with pytest.raises(InputError):
+        prompt_lines("\n  \n")
+    assert prompt_lines("a\n\n b \n") == ["a", "b"]
+
+
+def test_prompt_text_checks():
+    with pytest.raises(InputError, match="empty"):
+        check_prompt_text("   ")
+    with pytest.raises(InputError):
+        check_prompt_text(None)
+    with pytest.raises(InputError, match="characters"):
+        check_prompt_text("a" * 20_001)
+
+
+# -- the prompt cache ---------------------------------------------------------------------------
+
+
+def test_lru_evicts_by_count_and_bytes():
+    cache = LRUCache(2)
+    for key in "abc":
+        cache.put(key, key)
+    assert "a" not in cache and len(cache) == 2
+    cache.get("b")
+    cache.put("d", "d")
+    assert "c" not in cache and "b" in cache
+    sized = LRUCache(10, max_bytes=10, size_of=len)
+    sized.put("x", "123456")
+    sized.put("y", "123456")
+    assert "x" not in sized and "y" in sized
+    sized.put("z", "0123456789abc")  # alone over budget: kept, everything else goes
+    assert list(sized._items) == ["z"]
+
+
+def test_lru_computes_a_missing_value_once_for_concurrent_callers():
+    cache = LRUCache(4)
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.05)
+        return "value"
+
+    threads = [threading.Thread(target=cache.get_or_create, args=("k", slow)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and cache.get("k") == "value"
+
+
+def test_session_caches_per_prompt(toy_session):
+    first = toy_session.state("red cat blue dog red cat blue dog")
+    assert toy_session.state("red cat blue dog red cat blue dog") is first
+    assert first.record.pattern.shape[:2] == (2, 4)
+
+
+# -- the prompt box ------------------------------------------------------------------------------
+
+
+def test_first_visit_uses_the_default_prompt(toy_session):
+    store, search, value, info, message = shell.resolve_prompt(toy_session, None, "", None, None)
+    assert store == {"prompt": value, "search": search} and search == routes.search_for(value)
+    assert "13 tokens" in info and message is None
+
+
+def test_url_prompt_wins_and_run_stores_typed_text(toy_session):
+    store, search, value, _, _ = shell.resolve_prompt(
+        toy_session, None, "?prompt=red+cat", None, {"prompt": "sun moon"}
+    )
+    assert store == {"prompt": "red cat", "search": "?prompt=red+cat"}
+    assert search is no_update and value == "red cat"
+    store, search, value, _, _ = shell.resolve_prompt(
+        toy_session, "prompt-run", "?prompt=red+cat", "tea cup", {"prompt": "red cat"}
+    )
+    assert store["prompt"] == "tea cup" and search == "?prompt=tea+cup"
+
+
+def test_bad_prompts_are_refused_with_a_visible_message(toy_session):
+    for typed, text in (("   ", "empty"), ("red " * 200, "context is 128 tokens")):
+        store, search, _value, _info, message = shell.resolve_prompt(
+            toy_session, "prompt-run", "", typed, {"prompt": "red cat"}
+        )
+        assert store is no_update and search is no_update
+        assert text in message.children and "hs-alert" in message.className
+
+
+def test_markup_prompts_are_kept_as_text(toy_session):
+    store, *_ = shell.resolve_prompt(toy_session, "prompt-run", "", XSS, None)
+    assert store["prompt"] == XSS
+
+
+def test_router_renders_pages_and_a_not_found_card():
+    pages = {kind: (lambda kind=kind: [kind]) for kind in routes.PAGE_KINDS}
+    assert shell.render_page(pages, "/head/0/1") == ["head"]
+    assert shell.render_page(pages, "/flow") == ["flow"]
+    assert "Page not found" in str(shell.render_page(pages, "/nope"))
+    assert '"flow", "importance"' in shell.ROUTING_SCRIPT
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def test_create_app_serves_locally_with_every_page(toy_model):
+    app = create_app(model=toy_model)
+    assert app.config.serve_locally is True
+    assert "http" not in app.index_string
+    client = app.server.test_client()
+    page = client.get("/head/1/3?prompt=red")
+    assert page.status_code == 200
+    assert b"cdn" not in page.data.lower()
+    scripts = [line for line in page.data.decode().split('"') if line.endswith(".js")]
+    assert scripts and all(not s.startswith("http") for s in scripts)
+    assert app.headscope_session.model is toy_model
+
+
+def test_unknown_model_gives_an_app_that_says_why():
+    app = create_app("no-such-model-anywhere")
+    session = app.headscope_session
+    assert session.model is None and "no-such-model-anywhere" in session.load_error
+    assert "could not be loaded" in str(app.layout)
+    with pytest.raises(HeadscopeError, match="not loaded"):  # each page says so
+        session.state("red cat")
+
+
+def test_run_dashboard_binds_loopback_without_debug(monkeypatch, capsys, toy_model):
+    calls = {}
+    monkeypatch.setattr("dash.Dash.run", lambda self, **kw: calls.update(kw))
+    run_dashboard(toy_model)
+    assert calls == {"host": "127.0.0.1", "port": 8050, "debug": False}
+    out = capsys.readouterr().out
+    assert "http://127.0.0.1:8050/" in out and "warning" not in out
+    run_dashboard(toy_model, host="0.0.0.0", port=9000, debug=True)
+    out = capsys.readouterr().out
+    assert out.count("warning") == 2 and "http://127.0.0.1:9000/" in out
+
+
+def test_session_load_failure_is_captured():
+    session = ModelSession.load("/no/such/dir")
+    assert session.model is None and session.spec is None
+    assert "not loaded" in shell.model_line(session)
