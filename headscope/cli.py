@@ -171,6 +171,36 @@ def report(
         typer.echo(f"  top heads by {method:<12} {heads}")
 
 
+@app.command()
+def dashboard(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="built-in name, directory or hub name")
+    ] = "toy-induction",
+    host: Annotated[str, typer.Option(help="address to bind (default: loopback only)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8050,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Dash debug mode (allows running code: never expose)")
+    ] = False,
+    max_tokens: Annotated[int, typer.Option(help="longest prompt accepted, in tokens")] = 512,
+) -> None:
+    """Serve the interactive dashboard in the browser (prints its URL)."""
+    if not 0 < port < 65536:
+        _fail(f"port must be between 1 and 65535, got {port}")
+    try:
+        from headscope.dashboard.app import run_dashboard
+        from headscope.models.loading import load_model
+
+        loaded = load_model(model)
+    except HeadscopeError as error:
+        _fail(str(error))
+    try:
+        run_dashboard(loaded, host=host, port=port, debug=debug, max_tokens=max_tokens)
+    except OSError as error:
+        _fail(f"cannot serve on {host}:{port}: {error.strerror or error}")
+
+
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
     typer.echo(f"headscope: warning: {message}", err=True)
 

@@ -21,7 +21,8 @@ def test_models_lists_builtins():
 def test_capture_prints_the_head_table_and_writes_the_record(tiny_dirs, tmp_path):
     out = tmp_path / "rec"
     result = runner.invoke(
-        app, ["capture", "--model", str(tiny_dirs["gpt2"]), "--prompt", "t5 t6 t7", "--out", str(out)]
+        app,
+        ["capture", "--model", str(tiny_dirs["gpt2"]), "--prompt", "t5 t6 t7", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -58,7 +59,74 @@ def test_unwritable_output_directory(tiny_dirs, tmp_path):
     blocker.write_text("x")
     result = runner.invoke(
         app,
-        ["capture", "--model", str(tiny_dirs["gpt2"]), "--prompt", "t5", "--out", str(blocker / "x")],
+        [
+            "capture",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--prompt",
+            "t5",
+            "--out",
+            str(blocker / "x"),
+        ],
     )
     assert result.exit_code == 2
     assert "not a directory" in result.stderr
+
+
+def test_dashboard_unknown_model_is_a_one_line_error():
+    result = runner.invoke(app, ["dashboard", "--model", "no-such-model"])
+    assert result.exit_code == 2
+    assert "not a built-in model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dashboard_serves_on_loopback_and_prints_its_url(tmp_path):
+    """`headscope dashboard` in a real process: prints the URL, serves the app on
+    127.0.0.1 with debug off, and stops cleanly."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "headscope",
+            "dashboard",
+            "--model",
+            "toy-induction",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "http://" not in line and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "the dashboard exited before serving"
+        assert f"http://127.0.0.1:{port}/" in line
+        for _ in range(100):
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert b"headscope" in page
+        assert b"_dash-debug-menu" not in page and b'"debug": true' not in page.lower()
+        assert b"cdn" not in page.lower()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -9,11 +11,16 @@ import torch
 from torch import Tensor
 
 from headscope.errors import InputError
+from headscope.kernels.tiled import TiledAttentionResult
 from headscope.models.loading import HeadscopeModel, Inputs
 from headscope.models.tokens import TokenBatch
+from headscope.probes.fast_attention import instrumented_attention
 from headscope.probes.sites import Site
 from headscope.records.attention import AttentionRecord
 from headscope.records.provenance import Provenance
+from headscope.records.stats import PER_HEAD as STATS_PER_HEAD
+from headscope.records.stats import PER_QUERY as STATS_PER_QUERY
+from headscope.records.stats import HeadStats
 
 HeadSelection = Sequence[int] | Sequence[tuple[int, int]] | None
 
@@ -72,6 +79,9 @@ def padding_mask(batch: TokenBatch) -> Tensor:
     return real[:, :, None] & real[:, None, :]
 
 
+Kernel = Literal["tiled", "eager"]
+
+
 @torch.no_grad()
 def capture(
     model: HeadscopeModel,
@@ -79,27 +89,173 @@ def capture(
     *,
     layers: Sequence[int] | None = None,
     heads: HeadSelection = None,
-    mode: Literal["maps"] = "maps",
-) -> AttentionRecord:
-    """Run `model` on `inputs` and return an AttentionRecord of the chosen heads.
+    mode: Literal["maps", "stats"] = "maps",
+    kernel: Kernel = "tiled",
+    sink_k: int = 1,
+    top_k: int | None = None,
+    query_tile: int | None = None,
+) -> AttentionRecord | HeadStats:
+    """Run `model` on `inputs` and keep per-head attention.
 
     `inputs`: a string, a list of strings (right-padded; padding masked out and
     per-prompt lengths kept) or a token-id tensor (`[position]` or `[batch,
-    position]`, used as given). `layers` / `heads` restrict what is kept (see
-    `resolve_heads`). Grouped-query models give one map per query head.
-    Memory: 4·kept_layers·kept_heads·batch·N² bytes for the result; the
-    transformer-lens bridge computes attention eagerly, one layer at a time.
+    position]`, used as given).
+
+    `mode="maps"` (default) returns an `AttentionRecord` of the chosen heads
+    (`layers` / `heads` restrict what is kept, see `resolve_heads`); only those
+    maps are ever materialized. Memory: 4·kept_layers·kept_heads·batch·N² bytes
+    for the result plus one query tile of scores per layer call.
+
+    `mode="stats"` returns a `HeadStats` record: per (layer, head, query)
+    entropy, max weight, argmax key, mass on the first `sink_k` keys,
+    previous-token mass and mean distance, per (layer, head) the distance
+    histogram, key mass and key visibility, streamed one query tile at a time,
+    so no N × N map exists for more than one tile. `top_k` adds each query's
+    top keys (a sparse map). When `layers` or `heads` is given, the maps of
+    those heads come along as `stats.maps`. Memory: O(layers·heads·batch·N)
+    plus the tile buffers.
+
+    `kernel="tiled"` (default) runs headscope's query-tiled kernel
+    (`kernels.tiled`) inside the model's attention layers; `kernel="eager"`
+    keeps transformer-lens's eager attention and reads `hook_pattern` (maps
+    only; for parity checks). A model whose attention layers the tiled kernel
+    does not support falls back to eager for maps (provenance.kernel says which
+    ran) and raises InputError for stats. Grouped-query models give one map per
+    query head.
     """
-    if mode != "maps":
-        raise InputError(f"unknown capture mode {mode!r}")
+    if mode not in ("maps", "stats"):
+        raise InputError(f"unknown capture mode {mode!r}; choose 'maps' or 'stats'")
+    if kernel not in ("tiled", "eager"):
+        raise InputError(f"unknown kernel {kernel!r}; choose 'tiled' or 'eager'")
+    if mode == "stats" and kernel == "eager":
+        raise InputError("statistics are streamed by the tiled kernel: use kernel='tiled'")
     batch = inputs if isinstance(inputs, TokenBatch) else model.tokenize(inputs)
-    layer_index, head_index, requested = resolve_heads(model.spec, layers, heads)
+    want_maps = mode == "maps" or layers is not None or heads is not None
+    layer_index, head_index, requested = (
+        resolve_heads(model.spec, layers, heads) if want_maps else ((), (), None)
+    )
+    pairs = _pairs(layer_index, head_index, requested)
+
+    used = kernel
+    maps: dict[int, Tensor] = {}
+    layer_stats: dict[int, TiledAttentionResult] = {}
+    if kernel == "tiled":
+        try:
+            maps, layer_stats = _run_tiled(
+                model,
+                batch,
+                pairs,
+                stats=mode == "stats",
+                sink_k=sink_k,
+                top_k=top_k,
+                query_tile=query_tile,
+            )
+        except NotImplementedError as error:
+            if mode == "stats":
+                raise InputError(
+                    f"statistics capture is not available for this model: {error}"
+                ) from None
+            warnings.warn(f"falling back to eager attention: {error}", stacklevel=2)
+            used = "eager"
+    if used == "eager":
+        maps = _run_eager(model, batch, layer_index, head_index)
+
+    provenance = Provenance.now(
+        model_name=model.spec.name,
+        weights_hash=model.weights_hash,
+        headscope_version=_version(),
+        torch_version=torch.__version__,
+        kernel=used,
+        prepended_bos=batch.prepended_bos,
+        texts=batch.texts,
+    )
+    record = (
+        _attention_record(model, batch, maps, layer_index, head_index, requested, provenance)
+        if want_maps
+        else None
+    )
+    if mode == "maps":
+        return record
+    return _head_stats(model, batch, layer_stats, record, provenance)
+
+
+def _pairs(
+    layer_index: tuple[int, ...],
+    head_index: tuple[int, ...],
+    requested: tuple[tuple[int, int], ...] | None,
+) -> list[tuple[int, int]]:
+    if requested is not None:
+        return list(requested)
+    return [(layer, head) for layer in layer_index for head in head_index]
+
+
+def _run_tiled(
+    model: HeadscopeModel,
+    batch: TokenBatch,
+    pairs: list[tuple[int, int]],
+    *,
+    stats: bool,
+    sink_k: int,
+    top_k: int | None,
+    query_tile: int | None,
+) -> tuple[dict[int, Tensor], dict[int, TiledAttentionResult]]:
+    """Maps `{layer: [batch, head, query, key]}` for the heads in `pairs` (NaN
+    rows for the heads of a layer that were not asked for) and the per-layer
+    kernel results (statistics moved to the CPU, output dropped)."""
+    n_heads = model.spec.n_heads
+    maps: dict[int, Tensor] = {}
+    results: dict[int, TiledAttentionResult] = {}
+
+    def collect(layer: int, result: TiledAttentionResult) -> None:
+        if result.maps is not None:
+            full = torch.full((result.maps.shape[0], n_heads, *result.maps.shape[2:]), float("nan"))
+            full[:, list(result.map_heads)] = result.maps.float().cpu()
+            maps[layer] = full
+        if stats:
+            results[layer] = _to_cpu(result)
+
+    with instrumented_attention(
+        model.bridge,
+        collector=collect,
+        maps_for=pairs or None,
+        stats=stats,
+        sink_k=sink_k,
+        top_k=top_k,
+        query_tile=query_tile,
+    ) as scope:
+        model.forward(batch)
+    missing = [layer for layer in range(model.spec.n_layers) if layer not in scope.calls]
+    if missing:
+        raise RuntimeError(f"the tiled kernel did not run for layers {missing}")
+    return maps, results
+
+
+def _to_cpu(result: TiledAttentionResult) -> TiledAttentionResult:
+    """The statistics on the CPU; the output and maps dropped (the model has used them)."""
+    moved = {
+        f.name: getattr(result, f.name).cpu()
+        for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), Tensor) and f.name not in ("output", "maps")
+    }
+    return dataclasses.replace(result, output=result.output[:0].cpu(), maps=None, **moved)
+
+
+def _run_eager(
+    model: HeadscopeModel,
+    batch: TokenBatch,
+    layer_index: tuple[int, ...],
+    head_index: tuple[int, ...],
+) -> dict[int, Tensor]:
+    """transformer-lens eager attention, read at hook_pattern."""
     heads_tensor = torch.tensor(head_index)
     kept: dict[int, Tensor] = {}
 
     def keeper(layer: int):
         def keep(pattern: Tensor, hook: Any) -> Tensor:
-            kept[layer] = pattern.detach()[:, heads_tensor.to(pattern.device)].float().cpu()
+            full = torch.full(pattern.shape, float("nan"))
+            chosen = heads_tensor.to(pattern.device)
+            full[:, heads_tensor] = pattern.detach()[:, chosen].float().cpu()
+            kept[layer] = full
             return pattern
 
         return keep
@@ -109,22 +265,27 @@ def capture(
     missing = [layer for layer in layer_index if layer not in kept]
     if missing:
         raise RuntimeError(f"the attention pattern hook did not fire for layers {missing}")
-    pattern = torch.stack([kept[layer] for layer in layer_index], dim=1)  # [b, l, h, q, k]
+    return kept
+
+
+def _attention_record(
+    model: HeadscopeModel,
+    batch: TokenBatch,
+    maps: dict[int, Tensor],
+    layer_index: tuple[int, ...],
+    head_index: tuple[int, ...],
+    requested: tuple[tuple[int, int], ...] | None,
+    provenance: Provenance,
+) -> AttentionRecord:
+    heads = torch.tensor(head_index)
+    pattern = torch.stack([maps[layer][:, heads] for layer in layer_index], dim=1)
+    # Padded rows and columns are exactly 0; NaN marks heads that were not asked for.
     pattern = pattern * padding_mask(batch)[:, None, None].to(pattern.dtype)
     if requested is not None:
         wanted = torch.zeros(len(layer_index), len(head_index), dtype=torch.bool)
         for layer, head in requested:
             wanted[layer_index.index(layer), head_index.index(head)] = True
         pattern = pattern.masked_fill(~wanted[None, :, :, None, None], float("nan"))
-    provenance = Provenance.now(
-        model_name=model.spec.name,
-        weights_hash=model.weights_hash,
-        headscope_version=_version(),
-        torch_version=torch.__version__,
-        kernel="eager",
-        prepended_bos=batch.prepended_bos,
-        texts=batch.texts,
-    )
     single = batch.single
     return AttentionRecord(
         pattern=pattern[0] if single else pattern,
@@ -136,6 +297,39 @@ def capture(
         spec=model.spec,
         provenance=provenance,
         requested=requested,
+    )
+
+
+def _head_stats(
+    model: HeadscopeModel,
+    batch: TokenBatch,
+    results: dict[int, TiledAttentionResult],
+    maps: AttentionRecord | None,
+    provenance: Provenance,
+) -> HeadStats:
+    ordered = [results[layer] for layer in range(model.spec.n_layers)]
+    single = batch.single
+
+    def stack(name: str) -> Tensor | None:
+        values = [getattr(result, name) for result in ordered]
+        if values[0] is None:
+            return None
+        stacked = torch.stack(values, dim=1)  # [batch, layer, head, ...]
+        return stacked[0] if single else stacked
+
+    fields = {name: stack(name) for name in (*STATS_PER_QUERY, *STATS_PER_HEAD)}
+    return HeadStats(
+        **fields,
+        distance_bin_edges=ordered[0].distance_bin_edges,
+        sink_keys=ordered[0].sink_keys,
+        token_ids=batch.ids[0] if single else batch.ids,
+        tokens=batch.tokens[0] if single else batch.tokens,
+        lengths=None if single else batch.lengths,
+        spec=model.spec,
+        provenance=provenance,
+        topk_keys=stack("topk_keys"),
+        topk_weights=stack("topk_weights"),
+        maps=maps,
     )
 
 

@@ -1,0 +1,111 @@
+"""capture(mode="stats") and the kernel choice: HeadStats equal the statistics of
+eager maps, maps of requested heads come along, the tiled default equals eager,
+records round-trip, bad arguments are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import headscope as hs
+from headscope.errors import InputError
+from headscope.records.stats import HeadStats
+
+PROMPTS = ["t5 t6 t7 t8 t9 t5 t6 t7 t8 t9", "t11 t12 t13"]
+
+
+def eager_statistics(pattern: torch.Tensor, sink_k: int = 1) -> dict[str, torch.Tensor]:
+    """Readable per-(layer, head, query) statistics of full `[..., query, key]` maps."""
+    n = pattern.shape[-1]
+    position = torch.arange(n)
+    distance = (position[:, None] - position[None, :]).abs().float()
+    previous = torch.zeros(n, n)
+    previous[position[1:], position[:-1]] = 1
+    return {
+        "entropy": -torch.xlogy(pattern, pattern).sum(-1),
+        "max_weight": pattern.amax(-1),
+        "sink_mass": pattern[..., :sink_k].sum(-1),
+        "previous_token_mass": (pattern * previous).sum(-1),
+        "mean_distance": (pattern * distance).sum(-1),
+        "key_mass": pattern.sum(-2),
+    }
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_stats_equal_statistics_of_eager_maps(tiny_models, arch):
+    model = tiny_models[arch]
+    stats = hs.capture(model, PROMPTS, mode="stats", sink_k=2)
+    eager = hs.capture(model, PROMPTS, kernel="eager")
+    assert isinstance(stats, HeadStats) and stats.maps is None
+    assert stats.provenance.kernel == "tiled" and eager.provenance.kernel == "eager"
+    assert stats.lengths == eager.lengths and stats.tokens == eager.tokens
+    b, n = len(PROMPTS), eager.pattern.shape[-1]
+    assert stats.entropy.shape == (b, model.spec.n_layers, model.spec.n_heads, n)
+    assert stats.key_visibility.shape == (b, model.spec.n_layers, model.spec.n_heads, n)
+    for name, expected in eager_statistics(eager.pattern, sink_k=2).items():
+        torch.testing.assert_close(getattr(stats, name), expected, atol=1e-5, rtol=1e-5)
+    # argmax agrees wherever the maximum is unique enough to be well defined
+    short = eager.lengths[1]
+    argmax = eager.pattern[1, ..., :short, :short].argmax(-1)
+    assert torch.equal(stats.argmax_key[1, ..., :short], argmax)
+    assert (stats.argmax_key[1, ..., short:] == -1).all()
+    # every histogram holds the real queries' total mass (each row sums to 1)
+    torch.testing.assert_close(
+        stats.distance_histogram.sum(-1),
+        torch.tensor([float(n_real) for n_real in eager.lengths])[:, None, None].expand(
+            -1, model.spec.n_layers, model.spec.n_heads
+        ),
+    )
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_tiled_maps_equal_eager_maps(tiny_models, arch):
+    model = tiny_models[arch]
+    tiled = hs.capture(model, PROMPTS)
+    eager = hs.capture(model, PROMPTS, kernel="eager")
+    torch.testing.assert_close(tiled.pattern, eager.pattern, atol=1e-5, rtol=1e-5)
+    pairs = [(0, 1), (1, 3)]
+    some = hs.capture(model, PROMPTS[0], heads=pairs)
+    some_eager = hs.capture(model, PROMPTS[0], heads=pairs, kernel="eager")
+    assert some.requested == some_eager.requested == tuple(pairs)
+    torch.testing.assert_close(some.pattern, some_eager.pattern, equal_nan=True, atol=1e-5, rtol=0)
+
+
+def test_stats_with_requested_maps_and_round_trip(tiny_models, tmp_path):
+    model = tiny_models["llama"]
+    stats = hs.capture(model, PROMPTS[0], mode="stats", heads=[(1, 2)], top_k=3)
+    assert stats.maps is not None and stats.maps.requested is None
+    assert stats.maps.layer_index == (1,) and stats.maps.head_index == (2,)
+    full = hs.capture(model, PROMPTS[0], kernel="eager")
+    torch.testing.assert_close(stats.maps.pattern[0, 0], full.pattern[1, 2], atol=1e-5, rtol=0)
+    top = torch.topk(full.pattern, 3, dim=-1)
+    torch.testing.assert_close(stats.topk_weights, top.values, atol=1e-5, rtol=0)
+    stats.save(tmp_path / "stats")
+    assert HeadStats.load(tmp_path / "stats").equals(stats)
+
+
+def test_toy_induction_statistics_show_its_heads(toy_model):
+    from headscope.models.induction_data import repeated_random_batch
+
+    generator = torch.Generator().manual_seed(0)
+    ids, layout = repeated_random_batch(
+        4, 20, prefix_length=3, vocab=(3, 64), bos_id=1, generator=generator
+    )
+    stats = hs.capture(toy_model, ids, mode="stats")
+    previous = stats.previous_token_mass[:, 0, :, 1:].mean((0, -1))  # layer 0, per head
+    assert previous.max() > 0.8
+    # the induction head attends one past the previous occurrence: distance T − 1
+    second = slice(layout.second_start + 1, layout.length)
+    distance = stats.mean_distance[:, 1, :, second].mean((0, -1))
+    assert (distance - (layout.repeat_length - 1)).abs().min() < 2.0
+    assert (distance - (layout.repeat_length - 1)).abs().max() > 4.0  # not every head
+
+
+def test_bad_arguments_are_refused(tiny_models):
+    model = tiny_models["gpt2"]
+    with pytest.raises(InputError, match="unknown capture mode"):
+        hs.capture(model, "t5 t6", mode="everything")
+    with pytest.raises(InputError, match="unknown kernel"):
+        hs.capture(model, "t5 t6", kernel="flash")
+    with pytest.raises(InputError, match="tiled kernel"):
+        hs.capture(model, "t5 t6", mode="stats", kernel="eager")
