@@ -377,9 +377,7 @@ def _reachability(ahat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return down, up
 
 
-def _top_k_edges(
-    ahat: np.ndarray, k: int, diagonal: bool
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def _top_k_edges(ahat: np.ndarray, k: int, diagonal: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer, the k largest off-diagonal edges of every row and of every column (all
     edges when k >= N), plus the diagonal when asked. Index 0 is unused."""
     n_layers, n, _ = ahat.shape
@@ -568,7 +566,10 @@ def _full_cut_capacity(source_side: np.ndarray) -> np.ndarray:
     for layer in range(1, ahat.shape[0] + 1):
         # einsum without BLAS: these products are small and BLAS threads only add overhead
         total += np.einsum(
-            "pa,ab,pb->p", inside[:, layer], ahat[layer - 1], 1.0 - inside[:, layer - 1],
+            "pa,ab,pb->p",
+            inside[:, layer],
+            ahat[layer - 1],
+            1.0 - inside[:, layer - 1],
             optimize=False,
         )
     return total
@@ -804,3 +805,13 @@ def content_free_baseline(
     if method == "flow":
         return attention_flow(stack, residual, normalize)
     raise ValueError(f"method must be 'rollout' or 'flow', got {method!r}")
+
+
+def relevance(model: Any, inputs: Any, target: Any = None) -> Float[Tensor, "query key"]:
+    """Chefer et al. 2021 gradient-weighted relevance of one prompt for `target`
+    (default: the model's top prediction at the last position). Implemented in
+    `analyses.relevance` (it needs the model for the backward pass); exposed here
+    beside rollout and flow, which it generalizes."""
+    from headscope.analyses.relevance import relevance as _relevance
+
+    return _relevance(model, inputs, target)

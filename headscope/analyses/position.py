@@ -16,7 +16,7 @@ in float64 and returned as float64 tensors.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import networkx as nx
 import torch
@@ -370,3 +370,12 @@ def sink_heads(
         alpha = alpha.nanmean(dim=0)
     hits = torch.nonzero(alpha > threshold).tolist()
     return [(int(layer), int(head)) for layer, head in hits]
+
+
+def position_curve(model: Any, prompts: Any, positions: Any, metric: Any) -> Any:
+    """A lost-in-the-middle curve: `metric` against the position of the relevant
+    item, with first − middle and last − middle gaps (`analyses.lost_in_middle`,
+    which holds the implementation and the `PositionCurve` result)."""
+    from headscope.analyses.lost_in_middle import position_curve as _position_curve
+
+    return _position_curve(model, prompts, positions, metric)

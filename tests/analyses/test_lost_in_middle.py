@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headscope.analyses.lost_in_middle import curve_gaps, position_curve
+from headscope.analyses.lost_in_middle import curve_gaps
+from headscope.analyses.position import position_curve  # the public name
 from headscope.errors import InputError
 from headscope.models.toy_training import BOS_ID, WORD_RANGE
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headscope.analyses.relevance import relevance, relevance_from_gradients
+from headscope.analyses.flow import relevance  # the public name; implemented in .relevance
+from headscope.analyses.relevance import relevance_from_gradients
 from headscope.errors import InputError
 from headscope.probes.gradients import attention_gradients
 
