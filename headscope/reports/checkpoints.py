@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,7 +50,7 @@ class ShardStore:
         os.close(fd)
         try:
             save_file(tensors, tmp)
-            os.replace(tmp, self.path(index))
+            _publish(Path(tmp), self.path(index))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -62,12 +64,21 @@ class ShardStore:
             leftover.unlink(missing_ok=True)
 
 
+def _publish(tmp: Path, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it
+    owner-only) and rename it onto `path` in one step."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        _publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -75,3 +86,24 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the
+    block succeeds, removed when it fails. Readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _publish(Path(tmp), path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def clean_output_temporaries(out_dir: str | Path) -> None:
+    """Remove the temporary report files a killed run may have left in `out_dir`."""
+    for leftover in Path(out_dir).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)

@@ -51,15 +51,20 @@ def shard_items(items: tuple[PromptItem, ...], size: int) -> list[tuple[PromptIt
 
 
 def check_lengths(model, items: tuple[PromptItem, ...], on_long: str) -> None:
-    """Reject (or warn about, when truncating) prompts longer than the context."""
+    """Reject (or warn about, when truncating) prompts longer than the context.
+
+    The clean text (prompt + target) and the corrupted prompt are counted as
+    the model tokenizes them (BOS included); truncation keeps a prepended BOS
+    and the last tokens, where targets and answers sit."""
+    from headscope.reports.scoring import clean_text, token_count
+
     limit = model.spec.n_ctx
     long_lines = []
     for item in items:
-        for text in (item.prompt + (item.target or ""), item.corrupted):
+        for text in (clean_text(item), item.corrupted):
             if text is None:
                 continue
-            n = len(model.tokenizer(text)["input_ids"]) + int(model.spec.prepends_bos)
-            if n > limit:
+            if token_count(model, text) > limit:
                 long_lines.append(item.line)
                 break
     if not long_lines:
@@ -72,7 +77,7 @@ def check_lengths(model, items: tuple[PromptItem, ...], on_long: str) -> None:
         )
     warnings.warn(
         f"{len(long_lines)} prompt(s) exceed the context of {limit} tokens and are truncated "
-        f"(lines {where})",
+        f"to their last {limit} tokens (lines {where})",
         stacklevel=2,
     )
 
@@ -95,11 +100,13 @@ def run_report(
     writing the report (used to test resumption; a kill does the same).
     """
     from headscope.models.loading import load_model
+    from headscope.reports.scoring import check_inputs
     from headscope.reports.writers import write_outputs
 
     prompt_set = load_prompts(config.prompts, on_bad_line=config.on_bad_line)
     for message in prompt_set.skipped:
         print(f"headscope: skipped {message}", file=sys.stderr)
+    check_inputs(prompt_set.items, config)
     if model is None:
         model = load_model(config.model)
     check_lengths(model, prompt_set.items, config.on_long)
@@ -148,7 +155,7 @@ def _run_local(model, shards, pending, store, config, progress, reused) -> None:
     )
     with bar:
         for index in pending:
-            store.save(index, score_shard(model, shards[index], config))
+            store.save(index, score_shard(model, shards[index], config, shard_index=index))
             bar.update(1)
 
 

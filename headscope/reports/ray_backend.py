@@ -82,4 +82,4 @@ class ShardWorker:
     def score(self, index, items):
         from headscope.reports.scoring import score_shard
 
-        return score_shard(self.model, items, self.config)
+        return score_shard(self.model, items, self.config, shard_index=index)
