@@ -43,6 +43,8 @@ class ReportConfig:
             raise InputError("shard size, seeds and CHG steps must be positive")
         if self.on_long not in ("reject", "truncate"):
             raise InputError("on_long must be 'reject' or 'truncate'")
+        if self.on_bad_line not in ("fail", "skip"):
+            raise InputError("on_bad_line must be 'fail' or 'skip'")
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -1,0 +1,127 @@
+"""Shared report fixtures: a 12-prompt subset of examples/induction.jsonl, a
+fast config (3 shards of 4 prompts, CHG with 2 seeds and 20 steps), one
+uninterrupted local report per session, and the toy-induction circuit read
+off captured patterns with the taxonomy scores (not hard-coded)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from headscope.reports.config import ReportConfig
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "induction.jsonl"
+SUBSET = 12
+FAST = {"shard_size": 4, "seeds": 2, "chg_steps": 20}
+
+CHROMIUM = Path(os.environ.get("DASH_TEST_CHROMEPATH", "/usr/bin/chromium"))
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+HAVE_BROWSER = CHROMIUM.exists() and Path(CHROMEDRIVER).exists()
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAVE_BROWSER:
+        return
+    skip = pytest.mark.skip(
+        reason=f"browser tests need {CHROMIUM} and chromedriver "
+        "(Debian: apt-get install -y chromium chromium-driver)"
+    )
+    for item in items:
+        if "browser" in item.keywords and "reports" in str(item.fspath):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory) -> Path:
+    """The first SUBSET lines of examples/induction.jsonl."""
+    path = tmp_path_factory.mktemp("prompts") / "induction.jsonl"
+    lines = EXAMPLES.read_text(encoding="utf-8").splitlines()[:SUBSET]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fast_config(prompts_file) -> ReportConfig:
+    return ReportConfig(model="toy-induction", prompts=str(prompts_file), **FAST)
+
+
+@pytest.fixture(scope="session")
+def local_report(toy_model, fast_config, tmp_path_factory):
+    """One uninterrupted local report: the reference for resume and Ray."""
+    from headscope.reports.job import run_report
+
+    out = tmp_path_factory.mktemp("report-local")
+    return run_report(fast_config, out, model=toy_model, progress=False)
+
+
+@dataclass(frozen=True)
+class Circuit:
+    previous_head: tuple[int, int]
+    induction_head: tuple[int, int]
+    induction_heads: frozenset[tuple[int, int]]
+
+    @property
+    def heads(self) -> set[tuple[int, int]]:
+        return {self.previous_head, self.induction_head}
+
+
+@pytest.fixture(scope="session")
+def circuit(toy_model) -> Circuit:
+    """The previous-token head and the induction head(s), from the taxonomy
+    scores of 64 repeated random sequences (the model card's evaluation set)."""
+    import headscope as hs
+    from headscope.analyses.taxonomy import head_scores
+    from headscope.models.induction_data import repeated_random_batch
+    from headscope.models.toy_training import BOS_ID, WORD_RANGE
+
+    probe, _ = repeated_random_batch(
+        64, 20, vocab=WORD_RANGE, bos_id=BOS_ID, generator=torch.Generator().manual_seed(1234)
+    )
+    scores = head_scores(hs.capture(toy_model, probe))
+    previous, induction = scores["previous_token"], scores["induction"]
+    n_heads = previous.shape[1]
+
+    def best(grid: torch.Tensor) -> tuple[int, int]:
+        index = int(grid.flatten().argmax())
+        return index // n_heads, index % n_heads
+
+    assert previous.max() > 0.8 and induction.max() > 0.8
+    heads = frozenset((int(a), int(b)) for a, b in (induction > 0.8).nonzero().tolist())
+    return Circuit(best(previous), best(induction), heads)
+
+
+@pytest.fixture(scope="session")
+def report_browser():
+    """Headless chromium over selenium, offline (flags as in tests/dashboard/conftest.py)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.remote.remote_connection import RemoteConnection
+
+    RemoteConnection.set_timeout(60)  # see tests/dashboard/conftest.py
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
