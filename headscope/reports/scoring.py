@@ -97,7 +97,8 @@ def check_inputs(items: Sequence[PromptItem], config: ReportConfig) -> None:
             if missing:
                 raise InputError(
                     f"metric 'logit-diff' (used by every method: {', '.join(config.methods)}) "
-                    f"needs a '{field}' string on every prompt; {len(missing)} prompt(s) have "
+                    f"needs {'an' if field == 'answer' else 'a'} '{field}' string on every "
+                    f"prompt; {len(missing)} prompt(s) have "
                     f"none (lines {_lines(missing)})"
                 )
     if "attribution" in config.methods:

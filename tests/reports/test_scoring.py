@@ -1,0 +1,96 @@
+"""Shard scoring: truncation keeps BOS and the end, every metric runs with the
+orientation "higher = more important", inputs are checked, threads restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headscope.errors import InputError
+from headscope.reports.config import ReportConfig
+from headscope.reports.prompts import PromptItem
+from headscope.reports.scoring import check_inputs, encode_prompts, score_shard
+
+REPEAT = "red cat blue dog sun tree red cat blue dog sun"
+
+
+def _config(**kwargs) -> ReportConfig:
+    return ReportConfig(model="toy-induction", prompts="unused.jsonl", **kwargs)
+
+
+def test_truncation_keeps_bos_and_the_last_tokens_with_their_targets(toy_model):
+    words = ("red cat blue dog " * 40).split()  # 160 words
+    item = PromptItem(prompt=" ".join(words[:150]), target=" " + " ".join(words[150:]), line=1)
+    config = _config(on_long="truncate", methods=("ablation",))
+    batch, (row,) = encode_prompts(toy_model, [item], config)
+    assert batch.lengths == (128,)
+    full = toy_model.tokenize(item.prompt + item.target, max_length=1000).ids[0].tolist()
+    assert row.ids == [full[0], *full[-127:]] and full[0] == toy_model.spec.bos_token_id
+    assert row.targets is not None and sum(row.targets) == 10 and all(row.targets[-10:])
+
+
+def test_logit_difference_and_embedding_metrics_score_the_circuit(toy_model, circuit):
+    items = [
+        PromptItem(
+            prompt=REPEAT,
+            line=1,
+            answer=" tree",
+            wrong=" cat",
+            corrupted=REPEAT.replace(
+                "red cat blue dog sun tree red", "key pen box fish hot ice key", 1
+            ),
+        ),
+        PromptItem(
+            prompt="up moon salt fish up moon salt",
+            line=2,
+            answer=" fish",
+            wrong=" up",
+            corrupted="key pen box cup key pen box",
+        ),
+    ]
+    config = _config(metric="logit-diff", methods=("ablation", "gradient", "attribution"))
+    scores = score_shard(toy_model, items, config)
+    assert {name: tuple(s.shape) for name, s in scores.items()} == {
+        "ablation": (2, 2, 4),
+        "gradient": (2, 2, 4),
+        "attribution": (2, 2, 4),
+    }
+    # ablation: the harm to a higher-is-better metric, so the circuit scores positive
+    for method in ("ablation", "gradient"):
+        mean = scores[method].mean(0)
+        best = int(mean.flatten().argmax())
+        assert (best // 4, best % 4) in circuit.heads, method
+    assert scores["ablation"].mean(0).max() > 0.5
+    assert torch.isfinite(scores["attribution"]).all()
+    embedding = score_shard(toy_model, items, _config(metric="embedding", methods=("ablation",)))
+    assert (embedding["ablation"] >= -1e-6).all()  # cosine to the clean embedding only drops
+
+
+def test_scoring_restores_the_thread_count_and_is_repeatable(toy_model):
+    items = [PromptItem(prompt=REPEAT, line=1), PromptItem(prompt="sun tree sun tree", line=2)]
+    config = _config(methods=("ablation", "chg"), seeds=1, chg_steps=3)
+    before = torch.get_num_threads()
+    first = score_shard(toy_model, items, config, shard_index=4)
+    assert torch.get_num_threads() == before
+    again = score_shard(toy_model, items, config, shard_index=4)
+    other = score_shard(toy_model, items, config, shard_index=5)
+    for name in first:
+        assert first[name].dtype == torch.float64
+        assert torch.equal(first[name], again[name]), name
+    assert first["chg"].shape == (1, 2, 4)
+    assert not torch.equal(first["chg"], other["chg"])  # CHG is seeded by the shard index
+
+
+def test_missing_inputs_name_the_method_or_metric():
+    items = [PromptItem(prompt="a", line=3, corrupted="b"), PromptItem(prompt="c", line=7)]
+    with pytest.raises(InputError, match=r"method 'attribution' needs a 'corrupted'.*lines 7"):
+        check_inputs(items, _config())
+    check_inputs(items, _config(methods=("ablation", "chg")))
+    with pytest.raises(InputError, match=r"metric 'logit-diff'.*'answer'.*lines 3, 7"):
+        check_inputs(items, _config(metric="logit-diff", methods=("ablation",)))
+
+
+def test_unequal_corrupted_lengths_are_refused_with_the_line(toy_model):
+    items = [PromptItem(prompt=REPEAT, target=" tree", corrupted="red cat", line=9)]
+    with pytest.raises(InputError, match="line 9: 'corrupted' has 3 tokens"):
+        score_shard(toy_model, items, _config(methods=("attribution",)))
