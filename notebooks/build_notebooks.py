@@ -321,8 +321,9 @@ FLOW = [
     `sun` before. `relevance` backpropagates the logit of that prediction (the default
     target: the top prediction at the last position).
 
-    Rollout and flow put most of the last row's mass on `<bos>`: two layer-1 heads are
-    attention sinks (notebook 04), and rollout counts them like any other head. The
+    Apart from the token itself, rollout and flow give `<bos>` the largest share of the
+    last row: two layer-1 heads are attention sinks (notebook 04), and rollout counts them
+    like any other head. The
     content-free baseline shows how much of that is the causal mask alone. Relevance
     keeps only the attention that moved the prediction, and points at `tree`.
     """),
@@ -560,7 +561,9 @@ HEADS = [
     """),
     code("""
     chg = causal_head_gating(model, ids, metric=loss, seeds=3, steps=30, lam=1.0, progress=False)
-    head_figures.label_grid(chg.roles, scores=chg.facilitation, title="CHG roles (facilitation = G⁻)").show()
+    head_figures.label_grid(
+        chg.roles, scores=chg.facilitation, title="CHG roles (facilitation = G⁻)"
+    ).show()
     print("most facilitating:", top_heads(chg.facilitation, 3))
     for head in circuit:
         assert chg.roles[head[0]][head[1]] == "facilitating", head
@@ -703,7 +706,8 @@ POSITION = [
     P = cumulative_influence(mask_attention("causal", 8), n_layers=8)  # [layer, query, key]
     first = P[[0, 1, 3, 7], -1, 0]
     print("causal, N = 8, mass of the last token on the first:", [round(v, 3) for v in first.tolist()])
-    assert torch.allclose(first, torch.tensor([0.125, 0.340, 0.728, 0.975], dtype=torch.float64), atol=5e-4)
+    expected = torch.tensor([0.125, 0.340, 0.728, 0.975], dtype=torch.float64)
+    assert torch.allclose(first, expected, atol=5e-4)
     t = torch.arange(1, 9, dtype=torch.float64)
     assert torch.allclose(P[:, 1, 0], 1 - 2**-t, atol=1e-12)
 
@@ -714,7 +718,8 @@ POSITION = [
     }
     m = -math.log(0.8)
     print("decay γ = 0.8, most influential distance:", peaks)
-    assert peaks == {k: round((k - 1) / (math.exp(m) - 1)) for k in (2, 10, 20)} == {2: 4, 10: 36, 20: 76}
+    closed_form = {k: round((k - 1) / (math.exp(m) - 1)) for k in (2, 10, 20)}
+    assert peaks == closed_form == {2: 4, 10: 36, 20: 76}
     """),
     md("""
     Influence by distance for four masks (N = 64) after 1, 2, 4 and 8 layers: the causal
@@ -816,17 +821,21 @@ POSITION = [
     first_token_sinks = {tuple(p) for p in (taxonomy["first_token_sink"] > 0.5).nonzero().tolist()}
     induction_heads = {tuple(p) for p in (taxonomy["induction"] > 0.5).nonzero().tolist()}
     print("sink heads (α_0 > 0.3):", toy_sinks)
-    print("taxonomy: first-token sinks", sorted(first_token_sinks), "induction", sorted(induction_heads))
+    print("taxonomy: first-token sinks", sorted(first_token_sinks),
+          "induction", sorted(induction_heads))
     assert len(first_token_sinks) == 2
     assert set(toy_sinks) == first_token_sinks | induction_heads
-    position_figures.sink_scores(toy_alpha, record.tokens[0], title="toy-induction: α_k per head").show()
+    position_figures.sink_scores(
+        toy_alpha, record.tokens[0], title="toy-induction: α_k per head"
+    ).show()
     """),
     md("""
     **minilm**, a bidirectional BERT encoder: every query sees every key, so α_k is the
     mean over all T queries, and uniform attention gives α_k = 1/T. The tokenizer frames
-    each sentence as `[CLS] … [SEP]` (no BOS is prepended; `[CLS]` is key 0). Most of
-    minilm's heads are `[CLS]` sinks, a known behaviour of BERT-style encoders
-    (Clark et al. 2019, *What Does BERT Look At?*, found the same for `[CLS]`/`[SEP]`).
+    each sentence as `[CLS] … [SEP]` (no BOS is prepended; `[CLS]` is key 0). Clark et al.
+    2019 (*What Does BERT Look At?*) found BERT-base heads parking attention on special
+    tokens, mostly `[SEP]` in the middle layers; in minilm it is `[CLS]`, for most heads
+    of every layer, and no head is a `[SEP]` sink.
     """),
     code("""
     encoder = hs.load_model("minilm")
@@ -849,7 +858,9 @@ POSITION = [
     assert all(1 / n < 0.3 for n in enc.lengths)  # the mask alone makes no sink
     first = enc.prompt(0)
     position_figures.sink_scores(
-        sink_scores(first.pattern, causal=False), first.tokens, title=f"minilm: α_k per head, {sentences[0]!r}"
+        sink_scores(first.pattern, causal=False),
+        first.tokens,
+        title=f"minilm: α_k per head, {sentences[0]!r}",
     ).show()
     """),
     md("""
@@ -982,7 +993,8 @@ SPECTRAL = [
     head_figures.layer_head_heatmap(
         copying, title="OV copying score", colorbar_title="copying", signed=True, zmin=-1, zmax=1
     ).show()
-    print("copying score of the induction heads:", [round(copying[1, h].item(), 3) for h in induction_heads])
+    print("copying score of the induction heads:",
+          [round(copying[1, h].item(), 3) for h in induction_heads])
     assert copying[1, induction_head] > 0.7
     assert all(copying[1, h] > 0.7 for h in induction_heads)
     """),
@@ -1054,13 +1066,16 @@ SPECTRAL = [
     code("""
     generator = torch.Generator().manual_seed(0)
     gaussian = torch.randn(512, 128, generator=generator)
-    spike = gaussian + 0.5 * torch.randn(512, 1, generator=generator) @ torch.randn(1, 128, generator=generator)
+    u, v = torch.randn(512, 1, generator=generator), torch.randn(1, 128, generator=generator)
+    spike = gaussian + 0.5 * u @ v  # plus a rank-one signal
     W_Q, W_K = torch.randn(128, 32, generator=generator), torch.randn(128, 32, generator=generator)
     checks = {
         "Gaussian 512×128": marchenko_pastur_fit(gaussian).n_outliers,
         "Gaussian + rank-one spike": marchenko_pastur_fit(spike).n_outliers,
         "W_Q·W_Kᵀ, plain MP": marchenko_pastur_fit(W_Q @ W_K.T).n_outliers,
-        "W_Q·W_Kᵀ, shuffled null": marchenko_pastur_fit((W_Q, W_K.T), null="shuffle", shuffles=10).n_outliers,
+        "W_Q·W_Kᵀ, shuffled null": marchenko_pastur_fit(
+            (W_Q, W_K.T), null="shuffle", shuffles=10
+        ).n_outliers,
     }
     print(checks)
     assert checks["Gaussian 512×128"] == 0 and checks["Gaussian + rank-one spike"] == 1
@@ -1074,7 +1089,9 @@ SPECTRAL = [
     code("""
     encoder = hs.load_model("minilm")
     weights = head_weights(encoder)  # BERT is post-norm: nothing to fold
-    layer_q = [weights.W_Q[layer].permute(1, 0, 2).reshape(encoder.spec.d_model, -1) for layer in range(6)]
+    layer_q = [  # [d_model, head · d_head]: the layer's whole query projection
+        weights.W_Q[layer].permute(1, 0, 2).reshape(encoder.spec.d_model, -1) for layer in range(6)
+    ]
     fits = [marchenko_pastur_fit(W) for W in layer_q]
     shuffled = [marchenko_pastur_fit(W, null="shuffle", shuffles=10) for W in layer_q]
     pd.DataFrame(
@@ -1118,7 +1135,9 @@ SPECTRAL = [
     """),
     code("""
     ranks = attention_effective_rank(record.pattern).mean(0)  # [layer, head], mean over prompts
-    head_figures.layer_head_heatmap(ranks, title=f"Effective rank of the attention maps (N = {ids.shape[1]})").show()
+    head_figures.layer_head_heatmap(
+        ranks, title=f"Effective rank of the attention maps (N = {ids.shape[1]})"
+    ).show()
     sinks = [h for h in range(spec.n_heads) if scores["first_token_sink"][1, h] > 0.9]
     print("previous-token head:", round(ranks[0, previous_head].item(), 2),
           " sink heads:", [round(ranks[1, h].item(), 2) for h in sinks])
