@@ -56,6 +56,17 @@ class Toy:
         fresh = torch.randint(*WORD_RANGE, (16, 20), generator=generator)
         self.corrupted = self.ids.clone()
         self.corrupted[:, self.layout.second_start :] = fresh  # second copy: new random tokens
+        # Every other word of the first copy replaced by a different word: breaks
+        # the circuit at both heads (a replaced word leaves the induction head
+        # nothing to copy; a replaced predecessor hides the word from it).
+        first = slice(self.layout.first_start, self.layout.second_start, 2)
+        shift = torch.randint(
+            1, WORD_RANGE[1] - WORD_RANGE[0], self.ids[:, first].shape, generator=generator
+        )
+        self.corrupted_first = self.ids.clone()
+        self.corrupted_first[:, first] = (self.ids[:, first] - WORD_RANGE[0] + shift) % (
+            WORD_RANGE[1] - WORD_RANGE[0]
+        ) + WORD_RANGE[0]
         # The heads are read off the patterns of 64 other sequences (the model
         # card's evaluation set): the two induction heads score 0.955 and 0.961
         # there, too close to tell apart on 16 sequences.
@@ -166,6 +177,16 @@ def test_patching_on_a_corrupted_second_copy_ranks_the_induction_heads_first(toy
     # it restores less than the induction heads, but more than nothing.
     layer, head = toy.previous_head
     assert activation[layer, head] > 0.02
+
+
+def test_patching_on_a_corrupted_first_copy_ranks_the_circuit_first(toy_model, toy):
+    assert (toy.corrupted_first != toy.ids).sum() > 0
+    assert ((toy.corrupted_first != toy.ids).sum(1) == 10).all()  # 10 of 20 first-copy words
+    metric = next_token_loss(toy.targets, labels=toy.ids)
+    attribution = attribution_patching(toy_model, toy.ids, toy.corrupted_first, metric)
+    activation = activation_patching(toy_model, toy.ids, toy.corrupted_first, metric)
+    assert set(top_heads(attribution, 2)) == toy.circuit
+    assert set(top_heads(activation, 2)) == toy.circuit
 
 
 def test_contrastive_gating_closes_the_circuit_for_the_second_copy(toy_model, toy):
