@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -131,8 +132,6 @@ def report(
     """
     _check_writable(out)
     try:
-        import warnings
-
         from headscope.reports.config import ReportConfig
         from headscope.reports.job import run_report
 
@@ -150,7 +149,9 @@ def report(
         if backend not in ("local", "ray"):
             _fail(f"unknown backend {backend!r}; choose local or ray")
         with warnings.catch_warnings():
-            warnings.simplefilter("always")
+            # headscope's own warnings (truncated prompts, ...) every time, as one
+            # line; other libraries' warnings keep Python's defaults.
+            warnings.filterwarnings("always", module=r"headscope(\.|$)")
             warnings.showwarning = _warn_line
             result = run_report(
                 config,
@@ -202,6 +203,10 @@ def dashboard(
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
+    package = Path(__file__).resolve().parent
+    if not Path(filename).resolve().is_relative_to(package):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
     typer.echo(f"headscope: warning: {message}", err=True)
 
 
