@@ -10,6 +10,9 @@ median of --repeats timed forwards after one warm-up:
   d  headscope maps for 12 heads (one per layer) plus statistics for every head
   e  c without the unembedding: the forward stops at ln_final (a statistics capture
      has no use for the [N, 50257] logits, 1.6 GB at N = 8192)
+  f  the public API: headscope.capture(model, ids, mode="stats") on the model from
+     headscope.load_model, which builds the HeadStats record and stops the forward
+     after the last attention layer
 The model is random-init GPT-2 small (12 layers, 12 heads, d_model 768, built from
 GPT2Config, no download; n_positions = 8192). Cases a-d return logits, so their
 ratios compare like with like. Peak RSS is the child's ru_maxrss. b is skipped
@@ -36,7 +39,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "capture.json"
 DEFAULT_SIZES = (512, 1024, 2048, 4096, 8192)
 QUICK_SIZES = (512, 1024, 2048)
-CASES = ("a", "b", "c", "d", "e")
+CASES = ("a", "b", "c", "d", "e", "f")
 N_LAYERS, N_HEADS, D_MODEL, N_POSITIONS = 12, 12, 768, 8192
 CASE_TIMEOUT_S = 3600
 
@@ -82,6 +85,15 @@ def _child(case: str, n: int, directory: Path, repeats: int, threads: int) -> di
 
         def run() -> None:
             model(ids)
+
+    elif case == "f":
+        import headscope as hs
+
+        model = hs.load_model(directory)
+
+        def run() -> None:
+            stats = hs.capture(model, ids, mode="stats")
+            assert stats.entropy.shape[-3] == N_LAYERS
 
     else:
         bridge = _load_bridge(directory)
@@ -260,22 +272,24 @@ def _table(rows: dict[int, dict[str, dict]]) -> str:
     are less disturbed by other load on the machine."""
     header = (
         f"{'N':>6} | {'a sdpa':>8} | {'b TL cache':>10} | {'c stats':>8} | {'d maps+st':>9} | "
-        f"{'e no-unemb':>10} | "
-        f"{'c/a':>5} | {'b/c':>5} | {'c/a cpu':>7} | {'b/c cpu':>7} | "
-        f"{'RSS a':>6} | {'RSS b':>6} | {'RSS c':>6} | {'RSS d':>6} | {'RSS e':>6}"
+        f"{'e no-unemb':>10} | {'f capture':>9} | "
+        f"{'c/a':>5} | {'b/c':>5} | {'f/a':>5} | {'b/f':>5} | {'c/a cpu':>7} | {'b/c cpu':>7} | "
+        f"{'RSS a':>6} | {'RSS b':>6} | {'RSS c':>6} | {'RSS d':>6} | {'RSS e':>6} | {'RSS f':>6}"
     )
     lines = [header, "-" * len(header)]
     for n, cases in sorted(rows.items()):
         entry = {case: cases.get(case, {}) for case in CASES}
-        a, b, c = (entry[case].get("median_s") for case in "abc")
+        a, b, c, f = (entry[case].get("median_s") for case in "abcf")
         ac, bc, cc = (entry[case].get("cpu_median_s") for case in "abc")
         lines.append(
             f"{n:>6} | {_cell(entry['a'], 8)} | {_cell(entry['b'], 10)} | "
             f"{_cell(entry['c'], 8)} | {_cell(entry['d'], 9)} | {_cell(entry['e'], 10)} | "
+            f"{_cell(entry['f'], 9)} | "
             f"{_fmt(_ratio(c, a)):>5} | {_fmt(_ratio(b, c)):>5} | "
+            f"{_fmt(_ratio(f, a)):>5} | {_fmt(_ratio(b, f)):>5} | "
             f"{_fmt(_ratio(cc, ac)):>7} | {_fmt(_ratio(bc, cc)):>7} | "
             f"{_rss(entry['a']):>6} | {_rss(entry['b']):>6} | {_rss(entry['c']):>6} | "
-            f"{_rss(entry['d']):>6} | {_rss(entry['e']):>6}"
+            f"{_rss(entry['d']):>6} | {_rss(entry['e']):>6} | {_rss(entry['f']):>6}"
         )
     return "\n".join(lines)
 
@@ -284,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}")
     parser.add_argument("--sizes", help="comma-separated sequence lengths")
-    parser.add_argument("--cases", default=",".join(CASES), help="subset of a,b,c,d,e")
+    parser.add_argument("--cases", default=",".join(CASES), help="subset of a,b,c,d,e,f")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case")

@@ -109,3 +109,22 @@ def test_bad_arguments_are_refused(tiny_models):
         hs.capture(model, "t5 t6", kernel="flash")
     with pytest.raises(InputError, match="tiled kernel"):
         hs.capture(model, "t5 t6", mode="stats", kernel="eager")
+
+
+@pytest.mark.parametrize("kernel", ["tiled", "eager"])
+def test_capture_stops_after_the_last_attention_it_needs(tiny_models, kernel):
+    model = tiny_models["gpt2"]
+    batch = model.tokenize("t5 t6 t7 t8")
+    before = model.forward(batch).logits
+    calls = []
+    handle = model.bridge.unembed.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        hs.capture(model, batch, kernel=kernel)
+        if kernel == "tiled":
+            hs.capture(model, batch, mode="stats")
+        assert calls == []  # no [N, vocab] logits were computed
+        model.forward(batch)
+        assert calls == [1]
+    finally:
+        handle.remove()
+    assert torch.equal(model.forward(batch).logits, before)
