@@ -363,7 +363,8 @@ def _bind(model: HeadscopeModel, metric: Metric, batch: TokenBatch) -> Metric:
 def evaluate_metric(
     model: HeadscopeModel, metric: MetricLike, batch: TokenBatch, **kwargs: Any
 ) -> Float[Tensor, " batch"]:
-    """The metric on the unmodified model, one value per prompt (no gradients)."""
+    """The metric on the model as it runs now, one value per prompt (no gradients):
+    inside a `gate_heads` scope the gates apply, outside it the model is unmodified."""
     resolved = resolve_metric(model, metric, batch, **kwargs)
     with torch.no_grad():
         output = model.forward(batch, embedding=resolved.needs_embedding)

@@ -869,8 +869,12 @@ def composition_scores(model: Any, kind: CompositionKind = "K") -> CompositionSc
 
 def spectra(model: Any) -> HeadSpectra:
     """QK and OV spectra of every head of a loaded model plus its copying scores
-    (`qk_ov_spectra` and `copying_score` on `head_weights(model)`)."""
+    (`qk_ov_spectra` and `copying_score` on `head_weights(model)`). `copying` is
+    None for a model without a trained LM head (e.g. minilm): its W_U is untrained,
+    so W_E·OV·W_U would be a meaningless number."""
     weights = head_weights(model)
     result = qk_ov_spectra(weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
-    copying = copying_score(weights.W_E, weights.W_V, weights.W_O, weights.W_U).float()
+    copying = None
+    if getattr(getattr(model, "spec", None), "has_lm_head", True):
+        copying = copying_score(weights.W_E, weights.W_V, weights.W_O, weights.W_U).float()
     return HeadSpectra(qk=result.qk, ov=result.ov, copying=copying)

@@ -507,3 +507,9 @@ def test_known_circuit_of_toy_induction(toy_model):
         assert int(block[:, head].argmax()) == previous
     copying = copying_scores(toy_model)
     assert (copying[1, inductive] > 0.9).all()
+
+
+def test_spectra_of_an_encoder_without_lm_head_have_no_copying_scores(minilm_model):
+    result = spectra(minilm_model)
+    assert result.copying is None
+    assert result.ov.eigenvalues.shape[:2] == (6, 12)
