@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from headscope.models.spec import ModelSpec
 
-#: Repeated random words: the task toy-induction was trained on.
+#: Repeated random words: the task toy-induction was trained on. The first (the
+#: default) repeats 10 words: long enough that its induction heads put most of their
+#: attention on the induction stripe, so the overview labels them as such (on a
+#: 6-word repeat the <bos> sink still outweighs it).
 TOY_PROMPTS = (
-    "red cat blue dog sun tree red cat blue dog sun tree",
+    "red cat blue dog sun tree key pen milk ship red cat blue dog sun tree key pen milk ship",
     "key pen blue open left one milk key pen blue open left one milk",
     "ship old cold star one rain ship old cold star one rain",
     "up moon salt a big moon sun up moon salt a big moon sun",

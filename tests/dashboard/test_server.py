@@ -145,7 +145,7 @@ def test_session_caches_per_prompt(toy_session):
 def test_first_visit_uses_the_default_prompt(toy_session):
     store, search, value, info, message = shell.resolve_prompt(toy_session, None, "", None, None)
     assert store == {"prompt": value, "search": search} and search == routes.search_for(value)
-    assert "13 tokens" in info and message is None
+    assert "21 tokens" in info and message is None
 
 
 def test_url_prompt_wins_and_run_stores_typed_text(toy_session):
