@@ -94,6 +94,7 @@ def test_notebooks_match_their_source():
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_the_kernel_is_this_interpreter(tmp_path):
     """The `python3` kernel must run the interpreter (and so the environment) of the tests."""
     notebook = nbformat.v4.new_notebook()
@@ -104,6 +105,7 @@ def test_the_kernel_is_this_interpreter(tmp_path):
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
