@@ -20,6 +20,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 __all__ = [
     "AttentionRecord",
+    "HeadStats",
     "ModelSpec",
     "Site",
     "__version__",
@@ -51,6 +52,10 @@ def __getattr__(name: str):
         from headscope.probes.sites import Site
 
         return Site
+    if name == "HeadStats":
+        from headscope.records.stats import HeadStats
+
+        return HeadStats
     if name == "AttentionRecord":
         from headscope.records.attention import AttentionRecord
 

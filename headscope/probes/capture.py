@@ -122,7 +122,8 @@ def capture(
     only; for parity checks). A model whose attention layers the tiled kernel
     does not support falls back to eager for maps (provenance.kernel says which
     ran) and raises InputError for stats. Grouped-query models give one map per
-    query head.
+    query head. Either way the forward stops after the last attention layer the
+    capture reads, so no logits (an [N, vocab] tensor) are computed.
     """
     if mode not in ("maps", "stats"):
         raise InputError(f"unknown capture mode {mode!r}; choose 'maps' or 'stats'")

@@ -36,7 +36,7 @@ def test_stats_equal_statistics_of_eager_maps(tiny_models, arch):
     model = tiny_models[arch]
     stats = hs.capture(model, PROMPTS, mode="stats", sink_k=2)
     eager = hs.capture(model, PROMPTS, kernel="eager")
-    assert isinstance(stats, HeadStats) and stats.maps is None
+    assert isinstance(stats, HeadStats) and hs.HeadStats is HeadStats and stats.maps is None
     assert stats.provenance.kernel == "tiled" and eager.provenance.kernel == "eager"
     assert stats.lengths == eager.lengths and stats.tokens == eager.tokens
     b, n = len(PROMPTS), eager.pattern.shape[-1]
