@@ -112,17 +112,9 @@ def _child(case: str, n: int, directory: Path, repeats: int, threads: int) -> di
             maps_for = (
                 [(layer, layer % N_HEADS) for layer in range(N_LAYERS)] if case == "d" else None
             )
-            keep = (
-                "entropy",
-                "max_weight",
-                "argmax_key",
-                "sink_mass",
-                "previous_token_mass",
-                "mean_distance",
-                "distance_histogram",
-                "key_mass",
-                "key_visibility",
-            )
+            from headscope.records.stats import PER_HEAD, PER_QUERY
+
+            keep = PER_QUERY + PER_HEAD
 
             def run() -> None:
                 kept: dict[int, dict] = {}

@@ -109,7 +109,7 @@ class HeadscopeModel:
                 raise InputError(
                     f"{where} has {len(row)} tokens; the model's context is {limit} tokens"
                 )
-        return self._batch(rows, single=single, texts=tuple(texts))
+        return self.batch_from_ids(rows, single=single, texts=tuple(texts))
 
     def _encode(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -135,11 +135,17 @@ class HeadscopeModel:
             )
         if int(batch.min()) < 0 or int(batch.max()) >= self.spec.d_vocab:
             raise InputError(f"token ids must lie in [0, {self.spec.d_vocab})")
-        return self._batch([row.tolist() for row in batch], single=single, texts=None)
+        return self.batch_from_ids([row.tolist() for row in batch], single=single)
 
-    def _batch(
-        self, rows: list[list[int]], *, single: bool, texts: tuple[str, ...] | None
+    def batch_from_ids(
+        self,
+        rows: list[list[int]],
+        *,
+        single: bool = False,
+        texts: tuple[str, ...] | None = None,
     ) -> TokenBatch:
+        """A right-padded TokenBatch of token-id rows, used as given (no BOS added,
+        no length check): the same batch `tokenize` builds for text."""
         lengths = tuple(len(row) for row in rows)
         width = max(lengths)
         pad = self.spec.pad_token_id if self.spec.pad_token_id is not None else 0

@@ -195,19 +195,7 @@ def _encode_item(model: HeadscopeModel, item: PromptItem, config: ReportConfig) 
 
 
 def _batch(model: HeadscopeModel, rows: Sequence[list[int]]) -> TokenBatch:
-    """A right-padded TokenBatch of token-id rows (as `model.tokenize` builds for text)."""
-    lengths = tuple(len(row) for row in rows)
-    width = max(lengths)
-    pad = model.spec.pad_token_id if model.spec.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = True
-    tokens = tuple(tuple(model.tokenizer.decode([t]) for t in row) for row in rows)
-    bos = model.spec.bos_token_id
-    prepended = bos is not None and all(row and row[0] == bos for row in rows)
-    return TokenBatch(ids, mask, lengths, tokens, False, None, prepended)
+    return model.batch_from_ids([list(row) for row in rows])
 
 
 def encode_prompts(

@@ -5,13 +5,12 @@ off captured patterns with the taxonomy scores (not hard-coded)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from browser import CHROMEDRIVER, HAVE_BROWSER, SKIP_REASON, chrome_options
 
 from headscope.reports.config import ReportConfig
 
@@ -20,18 +19,11 @@ EXAMPLES = REPO / "examples" / "induction.jsonl"
 SUBSET = 12
 FAST = {"shard_size": 4, "seeds": 2, "chg_steps": 20}
 
-CHROMIUM = Path(os.environ.get("DASH_TEST_CHROMEPATH", "/usr/bin/chromium"))
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-HAVE_BROWSER = CHROMIUM.exists() and Path(CHROMEDRIVER).exists()
-
 
 def pytest_collection_modifyitems(config, items):
     if HAVE_BROWSER:
         return
-    skip = pytest.mark.skip(
-        reason=f"browser tests need {CHROMIUM} and chromedriver "
-        "(Debian: apt-get install -y chromium chromium-driver)"
-    )
+    skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         if "browser" in item.keywords and "reports" in str(item.fspath):
             item.add_marker(skip)
@@ -98,28 +90,11 @@ def circuit(toy_model) -> Circuit:
 
 @pytest.fixture(scope="session")
 def report_browser():
-    """Headless chromium over selenium, offline (flags as in tests/dashboard/conftest.py)."""
+    """Headless chromium over selenium, offline (tests/browser.py)."""
     from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.remote.remote_connection import RemoteConnection
 
-    RemoteConnection.set_timeout(60)  # see tests/dashboard/conftest.py
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-default-apps",
-        "--disable-extensions",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
+    options = chrome_options()
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield driver
