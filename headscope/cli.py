@@ -108,7 +108,16 @@ def report(
     methods: Annotated[
         str, typer.Option(help="comma-separated: ablation,gradient,chg,attribution")
     ] = "ablation,gradient,chg,attribution",
-    metric: Annotated[str, typer.Option(help="loss | logit-diff | embedding")] = "loss",
+    metric: Annotated[
+        str, typer.Option(help="loss | logit_diff | embedding_cosine (default: loss for LMs)")
+    ] = "loss",
+    target: Annotated[
+        str,
+        typer.Option(
+            help="tokens the loss scores: auto | all | continuation | repeats | last "
+            "(auto: a line's target, else a repeat's predictable tokens, else all)"
+        ),
+    ] = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path(
         "headscope-report"
     ),
@@ -140,6 +149,7 @@ def report(
             prompts=str(prompts),
             methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
             metric=metric,  # type: ignore[arg-type]
+            target=target,
             shard_size=shard_size,
             seeds=seeds,
             chg_steps=chg_steps,

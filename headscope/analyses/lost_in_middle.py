@@ -1,22 +1,18 @@
 """Lost-in-the-middle curves: a metric as a function of where the relevant item sits
-(Liu et al. 2023, "Lost in the Middle"; METHODS.md §3).
+(Liu et al. 2023, "Lost in the Middle"; docs/methods.md §3.3). The result and its
+gaps live here; `headscope.experiments.position.position_curve` runs the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscope._deprecated import moved
 from headscope.errors import InputError
-from headscope.models.loading import HeadscopeModel, Inputs, ModelOutput
-from headscope.models.tokens import TokenBatch
-
-PromptBuilder = Callable[[int], Inputs] | Mapping[int, Inputs]
-PromptMetric = Callable[[ModelOutput, TokenBatch], Tensor]
 
 
 @dataclass(frozen=True)
@@ -47,33 +43,4 @@ def curve_gaps(values: Sequence[float]) -> tuple[float, float, float]:
     return middle, values[0] - middle, values[-1] - middle
 
 
-@torch.no_grad()
-def position_curve(
-    model: HeadscopeModel,
-    prompts: PromptBuilder,
-    positions: Sequence[int],
-    metric: PromptMetric,
-) -> PositionCurve:
-    """Evaluate `metric` (a callable `(ModelOutput, TokenBatch) -> [batch]`,
-    higher or lower is better as the caller defines) on the prompts built for
-    each position: `prompts(position)` or `prompts[position]` returns the
-    prompts (strings or token ids) with the relevant item at that position.
-    One batched forward per position.
-    """
-    positions = tuple(int(p) for p in positions)
-    if len(positions) < 3:
-        raise InputError("a position curve needs at least 3 positions")
-    per_prompt = []
-    for position in positions:
-        built = prompts[position] if isinstance(prompts, Mapping) else prompts(position)
-        batch = model.tokenize(built)
-        values = metric(model.forward(batch, embedding=not model.spec.has_lm_head), batch)
-        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-        if values.numel() != batch.batch_size:
-            raise InputError(
-                f"the metric returned {values.numel()} values for {batch.batch_size} prompts"
-            )
-        per_prompt.append(values)
-    means = torch.stack([v.mean() for v in per_prompt])
-    middle, first_gap, last_gap = curve_gaps(means.tolist())
-    return PositionCurve(positions, means, tuple(per_prompt), middle, first_gap, last_gap)
+__getattr__ = moved(__name__, {"position_curve": "headscope.experiments.position:position_curve"})

@@ -4,7 +4,8 @@ Transformers").
 
 Ā_l = mean_h[(∇A_l ⊙ A_l)⁺] (clamped at 0 before the head mean; ∇A taken with
 respect to the probabilities the model used), then R = I and, in forward layer
-order, R ← R + Ā_l·R. With ∇A ≡ 1, R = Π(I + Ā_l) = 2^L · rollout (METHODS.md §1).
+order, R ← R + Ā_l·R. With ∇A ≡ 1, R = Π(I + Ā_l) = 2^L · rollout (docs/methods.md §1.3).
+The model-running half (the backward pass) is `headscope.experiments.relevance`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscope._deprecated import moved
 from headscope.analyses.checks import check_pattern
-from headscope.models.loading import HeadscopeModel, Inputs
-from headscope.probes.gradients import Target, attention_gradients
+from headscope.errors import InputError
 
 
 def relevance_from_gradients(
@@ -30,11 +31,11 @@ def relevance_from_gradients(
     """
     check_pattern(pattern, min_dims=4, allow_zero_rows=True)
     if gradient.shape != pattern.shape:
-        raise ValueError(
+        raise InputError(
             f"gradient shape {tuple(gradient.shape)} differs from pattern {tuple(pattern.shape)}"
         )
     if not torch.isfinite(gradient).all():
-        raise ValueError("gradient contains NaN or infinite values")
+        raise InputError("gradient contains NaN or infinite values")
     weighted = (gradient.double() * pattern.double()).clamp_min(0).mean(1)  # [layer, q, k]
     n = pattern.shape[-1]
     result = torch.eye(n, dtype=torch.float64)
@@ -43,11 +44,4 @@ def relevance_from_gradients(
     return result
 
 
-def relevance(
-    model: HeadscopeModel, inputs: Inputs, target: Target = None
-) -> Float[Tensor, "query key"]:
-    """Relevance map of one prompt for `target` (default: the model's top
-    prediction at the last position; see `probes.gradients.attention_gradients`).
-    Row −1 is the relevance of each input token for that prediction."""
-    captured = attention_gradients(model, inputs, target)
-    return relevance_from_gradients(captured.pattern, captured.gradient)
+__getattr__ = moved(__name__, {"relevance": "headscope.experiments.relevance:relevance"})

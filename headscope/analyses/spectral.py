@@ -1,6 +1,6 @@
 """Spectral diagnostics of attention heads: weight circuits, random-matrix fits, attention maps.
 
-Conventions (METHODS.md §4). Row vectors, as in transformer-lens: a head reads the
+Conventions (docs/methods.md §4). Row vectors, as in transformer-lens: a head reads the
 residual stream x (`[d_model]`) as q = x·W_Q, k = x·W_K, v = x·W_V and writes z·W_O.
 Its QK circuit is W_Q·W_Kᵀ (query side on the left) and its OV circuit W_V·W_O, both
 d_model × d_model of rank ≤ d_head. Every spectrum here is computed from d_head × d_head
@@ -20,8 +20,8 @@ The softmax scale 1/√d_head is not part of W_Q.
 - Attention maps: `attention_effective_rank`, `rank_collapse` (Dong, Cordonnier &
   Loukas 2021, "Attention is Not All You Need: Pure Attention Loses Rank Doubly
   Exponentially with Depth").
-- Models: `head_weights`, `copying_scores`, `composition_scores`, `spectra` read the
-  weights of a loaded model (`.bridge`, a transformer-lens TransformerBridge, `.spec`).
+Everything here is a pure function of given matrices; reading a loaded model's
+weights (with its norms folded) is `headscope.experiments.spectra`.
 """
 
 # ruff: noqa: N803, N806  (W_Q, W_K, W_V, W_O, W_E, W_U: the transformer-lens weight names)
@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
 
+from headscope._deprecated import moved
 from headscope.analyses.checks import check_pattern
 from headscope.errors import InputError
 
@@ -699,7 +700,7 @@ def rank_collapse(
 
     0 means every token carries the same vector (rank collapse); it cannot exceed 1.
     Pass one prompt's real (unpadded) tokens; the intended residual is each block's
-    output resid_post (transformer-lens `blocks.{l}.hook_resid_post`), stacked as
+    output (`Site(layer, "resid_post")`), stacked as
     `[layer, position, d_model]`; with the embedding output first the curve starts at
     layer 0's input. NaN for an all-zero X.
     """
@@ -711,170 +712,13 @@ def rank_collapse(
     return torch.where(norm > 0, value, float("nan")).to(_real_dtype(residuals))
 
 
-# -- model-level wrappers ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HeadWeights:
-    """Per-head weights of a model with the normalization gains folded in (float32).
-
-    - `W_Q`, `W_K`, `W_V`: `[layer, head, d_model, d_head]`, K/V expanded to the query
-      heads for grouped-query models; `W_O`: `[layer, head, d_head, d_model]`.
-    - `W_E`: `[d_vocab, d_model]` token embedding (no positions); `W_U`: `[d_model,
-      d_vocab]`.
-    - `folded[l]`: layer l's attention reads ln1's output, whose gain (1 + w for
-      offset RMSNorms) was multiplied into the rows of W_Q/W_K/W_V and, for LayerNorm,
-      the rows then centred (the normalized input has zero mean, so centring changes
-      no output). `unembed_folded`: the same for ln_final into W_U.
-    Biases are not kept: spectra and composition scores are about the linear maps.
-    """
-
-    W_Q: Float[Tensor, "layer head d_model d_head"]
-    W_K: Float[Tensor, "layer head d_model d_head"]
-    W_V: Float[Tensor, "layer head d_model d_head"]
-    W_O: Float[Tensor, "layer head d_head d_model"]
-    W_E: Float[Tensor, "d_vocab d_model"]
-    W_U: Float[Tensor, "d_model d_vocab"]
-    folded: tuple[bool, ...]
-    unembed_folded: bool
-
-
-@torch.no_grad()
-def head_weights(model: Any) -> HeadWeights:
-    """Read the per-head weights of a loaded model (`.bridge`, a transformer-lens 4
-    TransformerBridge; `.spec` with n_heads) and fold in the normalizations.
-
-    What is folded is decided by what the model computes: one forward of 3 tokens
-    checks, per layer, that the attention's input is ln1's output (pre-norm: GPT-2,
-    Llama, ...). Post-norm models (BERT) read the stored residual directly, so their
-    attention weights are left as stored. ln_final is folded into W_U when the
-    unembedding reads its output (for BERT's MLM head the dense + GELU before that norm
-    is not linear and is skipped). QK-norms (norms on q and k) are not foldable and are
-    ignored. Every layer must have attention. Memory: float32 copies of all head weights.
-    """
-    bridge = model.bridge
-    n_heads = int(model.spec.n_heads)
-    W_Q = _stacked(bridge.W_Q)
-    n_layers = W_Q.shape[0]
-    W_K = expand_kv_heads(_stacked(bridge.W_K), n_heads)
-    W_V = expand_kv_heads(_stacked(bridge.W_V), n_heads)
-    W_O = _stacked(bridge.W_O)
-    W_E = bridge.W_E.detach().float().clone()
-    W_U = bridge.W_U.detach().float().clone()
-    reads_norm, unembed_reads_norm = _reads_normalized(bridge, n_layers)
-
-    folded = []
-    for layer in range(n_layers):
-        norm = getattr(bridge.blocks[layer], "ln1", None)
-        gain = _norm_gain(norm) if reads_norm[layer] else None
-        if gain is None:
-            folded.append(False)
-            continue
-        for W in (W_Q, W_K, W_V):
-            W[layer] *= gain[None, :, None]
-            if not _is_rms(norm):
-                W[layer] -= W[layer].mean(-2, keepdim=True)
-        folded.append(True)
-    final = getattr(bridge, "ln_final", None)
-    gain = _norm_gain(final) if unembed_reads_norm else None
-    if gain is not None:
-        W_U *= gain[:, None]
-        if not _is_rms(final):
-            W_U -= W_U.mean(0, keepdim=True)
-    return HeadWeights(W_Q, W_K, W_V, W_O, W_E, W_U, tuple(folded), gain is not None)
-
-
-def _stacked(W: Tensor) -> Tensor:
-    if W.dim() != 4:
-        raise InputError(f"expected stacked per-head weights [layer, head, ., .], got {W.shape}")
-    return W.detach().float().clone()
-
-
-def _norm_gain(norm: Any) -> Tensor | None:
-    """The per-channel gain a normalization multiplies by (1 + w for offset norms)."""
-    if norm is None:
-        return None
-    weight = getattr(norm, "weight", None)
-    if weight is None:
-        weight = getattr(getattr(norm, "original_component", None), "weight", None)
-    if weight is None:
-        return None
-    weight = weight.detach().float()
-    return 1.0 + weight if getattr(norm, "uses_weight_offset", False) else weight
-
-
-def _is_rms(norm: Any) -> bool:
-    flag = getattr(norm, "uses_rms_norm", None)
-    if flag is not None:
-        return bool(flag)
-    return "RMS" in type(getattr(norm, "original_component", norm)).__name__
-
-
-def _reads_normalized(bridge: Any, n_layers: int) -> tuple[list[bool], bool]:
-    """Per layer: does attention read ln1's output? And does the unembedding read
-    ln_final's output? Answered by one 3-token forward with hooks on both sides."""
-    names = set(getattr(bridge, "hook_dict", {}))
-    pairs = [(f"blocks.{l}.ln1.hook_out", f"blocks.{l}.attn.hook_in") for l in range(n_layers)]
-    pairs.append(("ln_final.hook_out", "unembed.hook_in"))
-    wanted = [name for pair in pairs for name in pair if name in names]
-    seen: dict[str, Tensor] = {}
-
-    def keep(tensor: Tensor, hook: Any) -> Tensor:
-        seen[hook.name] = tensor.detach()
-        return tensor
-
-    fallback = bool(getattr(getattr(bridge, "adapter", None), "supports_fold_ln", True))
-    try:
-        device = bridge.W_E.device
-        ids = (torch.arange(3, device=device) % bridge.W_E.shape[0])[None]
-        with bridge.hooks(fwd_hooks=[(name, keep) for name in wanted]):
-            bridge(ids)
-    except Exception:  # an architecture that will not run bare ids: trust the adapter
-        return [fallback] * n_layers, fallback
-
-    def same(pair: tuple[str, str]) -> bool:
-        a, b = (seen.get(name) for name in pair)
-        return (
-            a is not None
-            and b is not None
-            and a.shape == b.shape
-            and bool(torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5))
-        )
-
-    return [same(pair) for pair in pairs[:-1]], same(pairs[-1])
-
-
-def copying_scores(model: Any) -> Float[Tensor, "layer head"]:
-    """`copying_score` of every head of a loaded model, from `head_weights(model)`
-    (token embedding only, no positions; ln_final folded into W_U where it applies)."""
-    weights = head_weights(model)
-    return copying_score(weights.W_E, weights.W_V, weights.W_O, weights.W_U).float()
-
-
-def composition_scores(model: Any, kind: CompositionKind = "K") -> CompositionScores:
-    """All-pairs Q/K/V composition scores of a loaded model with the random baseline
-    for its d_model and d_head (`composition_scores_from_weights`,
-    `composition_baseline`)."""
-    weights = head_weights(model)
-    scores = composition_scores_from_weights(
-        weights.W_Q, weights.W_K, weights.W_V, weights.W_O, kind
-    )
-    d_model, d_head = weights.W_Q.shape[-2:]
-    return CompositionScores(
-        scores=scores.float(),
-        baseline=composition_baseline(int(d_model), int(d_head)),
-        kind=kind,
-    )
-
-
-def spectra(model: Any) -> HeadSpectra:
-    """QK and OV spectra of every head of a loaded model plus its copying scores
-    (`qk_ov_spectra` and `copying_score` on `head_weights(model)`). `copying` is
-    None for a model without a trained LM head (e.g. minilm): its W_U is untrained,
-    so W_E·OV·W_U would be a meaningless number."""
-    weights = head_weights(model)
-    result = qk_ov_spectra(weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
-    copying = None
-    if getattr(getattr(model, "spec", None), "has_lm_head", True):
-        copying = copying_score(weights.W_E, weights.W_V, weights.W_O, weights.W_U).float()
-    return HeadSpectra(qk=result.qk, ov=result.ov, copying=copying)
+__getattr__ = moved(
+    __name__,
+    {
+        "HeadWeights": "headscope.models.weights:HeadWeights",
+        "head_weights": "headscope.experiments.spectra:head_weights",
+        "copying_scores": "headscope.experiments.spectra:copying_scores",
+        "composition_scores": "headscope.experiments.spectra:composition_scores",
+        "spectra": "headscope.experiments.spectra:spectra",
+    },
+)

@@ -1,8 +1,11 @@
 """Page 4, Head importance over a small prompt set: single-head ablation,
 gradient importance (Michel et al. 2019), Causal Head Gating (Nam et al. 2025)
 and the greedy pruning curve. Runs as a background job with progress and a
-cancel button; the metric is the next-token loss for causal LMs and the
-sentence-embedding cosine to the unablated model for encoders without an LM head.
+cancel button. The scores come from `experiments.score_heads`, the call
+`headscope report` makes, with the same metric vocabulary and target rule: the
+next-token loss over the target tokens ("auto": a repeat's predictable
+tokens, else every token) for causal LMs, the sentence-embedding cosine to the
+unablated model for encoders without an LM head.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from headscope.dashboard.components import card, graph, page_header, progress_bl
 from headscope.dashboard.examples import prompt_set
 from headscope.dashboard.inputs import choice, prompt_lines
 from headscope.dashboard.messages import alert, describe
-from headscope.dashboard.session import ModelSession, analysis_module
+from headscope.dashboard.session import ModelSession
+from headscope.experiments.metrics import default_metric, metric_info
+from headscope.experiments.scoring import HeadScores, pruning_curves, score_heads
 from headscope.figures.heads import importance_heatmap, label_grid, pruning_curve
 from headscope.figures.style import message_figure
 
@@ -35,12 +40,13 @@ OUTPUT_IDS = (
 )
 
 
+TARGET = "auto"
+
+
 def metric_for(session: ModelSession) -> tuple[str, str]:
     """(metric name, what it measures): loss for LMs, embedding cosine for encoders."""
-    spec = session.require_model().spec
-    if spec.has_lm_head:
-        return "loss", "next-token loss (nats, lower is better)"
-    return "embedding_cosine", "cosine to the unablated sentence embedding (higher is better)"
+    info = metric_info(default_metric(session.require_model().spec.has_lm_head))
+    return info.name, f"{info.description} ({info.unit}, {info.better})"
 
 
 def layout(session: ModelSession) -> list:
@@ -129,6 +135,37 @@ def layout(session: ModelSession) -> list:
     ]
 
 
+def importance_scores(
+    session: ModelSession,
+    prompts_text: object,
+    methods: object,
+    mode: object,
+    seeds: object,
+    steps: object,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> HeadScores:
+    """The page's head scores: `score_heads` on the prompt lines with the
+    page's metric and target, exactly what `headscope report` computes for the
+    same prompts, methods, metric and target (seed 0, one shard)."""
+    prompts = prompt_lines(prompts_text)
+    for prompt in prompts:
+        session.tokenize(prompt)  # a clear message for an empty or too long line
+    chosen = [m for m in METHODS if isinstance(methods, list) and m in methods]
+    metric, _ = metric_for(session)
+    with session.lock:
+        return score_heads(
+            session.require_model(),
+            prompts,
+            chosen,
+            metric,
+            TARGET,
+            chg_seeds=choice(seeds, SEED_CHOICES, 3),
+            chg_steps=choice(steps, STEP_CHOICES, DEFAULT_STEPS),
+            ablation_mode=choice(mode, ABLATION_MODES, "zero"),
+            progress=progress,
+        )
+
+
 def importance_outputs(
     session: ModelSession,
     prompts_text: object,
@@ -140,84 +177,57 @@ def importance_outputs(
 ) -> tuple:
     """The six figures (ablation, gradient, CHG facilitation, interference,
     roles, pruning) and a message. Methods not asked for show a note."""
-    heads = analysis_module("heads")
     report = progress or (lambda done, total, label: None)
-    model = session.require_model()
-    spec = model.spec
-    prompts = prompt_lines(prompts_text)
-    for prompt in prompts:
-        session.tokenize(prompt)  # a clear message for an empty or too long line
-    chosen = [m for m in METHODS if isinstance(methods, list) and m in methods]
-    if not chosen:
+    if not (isinstance(methods, list) and any(m in METHODS for m in methods)):
         blank = message_figure("choose at least one method")
         return (*(blank,) * len(OUTPUT_IDS), alert("choose at least one method"))
-    ablation_mode = choice(mode, ABLATION_MODES, "zero")
-    n_seeds = choice(seeds, SEED_CHOICES, 3)
-    n_steps = choice(steps, STEP_CHOICES, DEFAULT_STEPS)
-    metric, described = metric_for(session)
-    sign = 1.0 if metric == "loss" else -1.0  # importance: higher = more needed
+    scores = importance_scores(session, prompts_text, methods, mode, seeds, steps, progress)
     skipped = message_figure("not selected")
     figures = dict.fromkeys(OUTPUT_IDS, skipped)
     orders = {}
-    total = (len(chosen) + 1) * 100  # 100 progress units per stage (CHG reports its steps)
-    done = 0
+    if "ablation" in scores.methods:
+        effect = scores.methods["ablation"].effect
+        assert effect is not None
+        figures["imp-ablation"] = importance_heatmap(
+            effect.mean(0), title=f"{scores.ablation_mode} ablation", colorbar_title="Δ metric",
+            signed=True,
+        )
+        orders["ablation"] = scores.mean("ablation")
+    if "gradient" in scores.methods:
+        figures["imp-gradient"] = importance_heatmap(
+            scores.mean("gradient"), title="Michel et al. importance",
+            colorbar_title="importance", signed=False,
+        )
+        orders["gradient"] = scores.mean("gradient")
+    if scores.chg is not None:
+        result = scores.chg
+        figures["imp-chg-facilitation"] = importance_heatmap(
+            result.facilitation, title="facilitation", colorbar_title="G⁻", signed=False,
+            zmax=1.0,
+        )
+        figures["imp-chg-interference"] = importance_heatmap(
+            result.interference, title="interference", colorbar_title="1 − G⁺",
+            signed=False, zmax=1.0,
+        )
+        figures["imp-chg-roles"] = label_grid(
+            [list(row) for row in result.roles], title=f"{result.g_plus.shape[0]} seeds"
+        )
+        orders["CHG facilitation"] = result.facilitation
+    report(99, 100, "pruning curve…")
     with session.lock:
-        if "ablation" in chosen:
-            report(done * 100, total, f"ablating each of {spec.n_layers * spec.n_heads} heads…")
-            scores = heads.ablation_scores(model, prompts, metric=metric, mode=ablation_mode)
-            figures["imp-ablation"] = importance_heatmap(
-                scores, title=f"{ablation_mode} ablation", colorbar_title="Δ metric", signed=True
-            )
-            orders["ablation"] = sign * scores
-            done += 1
-        if "gradient" in chosen:
-            report(done * 100, total, "gradient importance…")
-            importance = heads.gradient_importance(model, prompts, metric=metric)
-            figures["imp-gradient"] = importance_heatmap(
-                importance, title="Michel et al. importance", colorbar_title="importance",
-                signed=False,
-            )
-            orders["gradient"] = importance
-            done += 1
-        if "chg" in chosen:
-            base = done * 100
-
-            def step(current: int, steps_total: int) -> None:
-                report(base + int(100 * current / max(1, steps_total)), total,
-                       f"causal head gating: step {current}/{steps_total}")
-
-            report(base, total, "causal head gating…")
-            result = heads.causal_head_gating(
-                model, prompts, metric=metric, seeds=n_seeds, steps=n_steps, progress=False,
-                callback=step,
-            )
-            figures["imp-chg-facilitation"] = importance_heatmap(
-                result.facilitation, title="facilitation", colorbar_title="G⁻", signed=False,
-                zmax=1.0,
-            )
-            figures["imp-chg-interference"] = importance_heatmap(
-                result.interference, title="interference", colorbar_title="1 − G⁺",
-                signed=False, zmax=1.0,
-            )
-            figures["imp-chg-roles"] = label_grid(
-                [list(row) for row in result.roles], title=f"{n_seeds} seeds"
-            )
-            orders["CHG facilitation"] = result.facilitation
-            done += 1
-        report(done * 100, total, "pruning curve…")
-        curves = {}
-        fractions = None
-        for name, order in orders.items():
-            fractions, values = heads.pruning_curve(
-                model, prompts, order, metric=metric, mode=ablation_mode
-            )
-            curves[f"by {name}"] = values
-        if curves:
-            first = next(iter(curves.values()))
-            figures["imp-pruning"] = pruning_curve(
-                fractions, curves, metric_name=metric.replace("_", " "), baseline=float(first[0])
-            )
-    note = f"{len(prompts)} prompts · metric: {described}"
+        fractions, curves, clean = pruning_curves(
+            session.require_model(),
+            prompt_lines(prompts_text),
+            orders,
+            scores.metric.name,
+            TARGET,
+            ablation_mode=scores.ablation_mode,
+        )
+    figures["imp-pruning"] = pruning_curve(
+        fractions, {f"by {name}": values for name, values in curves.items()},
+        metric_name=scores.metric.name.replace("_", " "), baseline=clean,
+    )
+    note = f"{len(scores.prompts)} prompts · metric: {scores.described}"
     return (*(figures[key] for key in OUTPUT_IDS), alert(note, kind="info"))
 
 

@@ -9,8 +9,6 @@ forward (plus a capture of the gated maps) on the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
@@ -20,6 +18,8 @@ from headscope.dashboard.examples import SECOND_SENTENCE
 from headscope.dashboard.inputs import check_fraction, check_gates, check_head
 from headscope.dashboard.messages import alert, guarded
 from headscope.dashboard.session import ModelSession, PromptState
+from headscope.experiments import attention
+from headscope.experiments.attention import GatedRun
 from headscope.figures.maps import head_grid
 from headscope.figures.predictions import next_token_bars, similarity_bars
 from headscope.figures.style import display_token, message_figure
@@ -149,35 +149,11 @@ def gate_styles(session: ModelSession, gates: list[list[float]], selected) -> tu
 # -- the gated forward -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GatedRun:
-    pattern: torch.Tensor  # [layer, head, query, key]
-    logits: torch.Tensor | None  # [position, vocab] of the prompt
-    embedding: torch.Tensor | None  # [d_model]
-    loss: float | None
-
-
 def gated_run(session: ModelSession, state: PromptState, gates: torch.Tensor) -> GatedRun:
-    """Capture and outputs of the prompt with `gates` on z (one lock for both)."""
-    from headscope.analyses.metrics import resolve_metric
-    from headscope.probes.capture import capture
-    from headscope.probes.interventions import gate_heads
-
-    model = session.require_model()
+    """Capture and outputs of the prompt with `gates` on z (under the model lock)."""
     batch = session.tokenize(state.prompt)
-    lm = model.spec.has_lm_head
-    with session.lock, torch.no_grad(), gate_heads(model, gates):
-        record = capture(model, batch)
-        output = model.forward(batch, embedding=not lm)
-        loss = None
-        if lm and batch.lengths[0] > 1:
-            loss = float(resolve_metric(model, "loss", batch)(output, batch)[0])
-    return GatedRun(
-        pattern=record.pattern,
-        logits=output.logits[0] if lm else None,
-        embedding=output.embedding[0] if output.embedding is not None else None,
-        loss=loss,
-    )
+    with session.lock:
+        return attention.gated_run(session.require_model(), batch, gates)
 
 
 def reference_run(session: ModelSession, state: PromptState) -> GatedRun:
@@ -187,19 +163,18 @@ def reference_run(session: ModelSession, state: PromptState) -> GatedRun:
     return state.cached("playground-reference", lambda: gated_run(session, state, ones))
 
 
-def _embedding(session: ModelSession, text: str) -> torch.Tensor:
-    model = session.require_model()
+def _embedding(
+    session: ModelSession, text: str, gates: torch.Tensor | None = None
+) -> torch.Tensor:
     batch = session.tokenize(text)
-    with session.lock, torch.no_grad():
-        return model.forward(batch, embedding=True).embedding[0]
+    with session.lock:
+        return attention.sentence_embedding(session.require_model(), batch, gates)
 
 
 def playground_outputs(
     session: ModelSession, store: dict | None, gates: object, second: object
 ) -> tuple:
     """(output figure, metrics text, gated maps figure, message)."""
-    from headscope.probes.interventions import gate_heads
-
     model = session.require_model()
     spec = model.spec
     state = session.state(store.get("prompt") if isinstance(store, dict) else None)
@@ -239,8 +214,7 @@ def playground_outputs(
     else:
         text = second if isinstance(second, str) and second.strip() else SECOND_SENTENCE
         other = state.cached(("embedding", text), lambda: _embedding(session, text))
-        with session.lock, torch.no_grad(), gate_heads(model, gate_tensor):
-            gated_other = model.forward(session.tokenize(text), embedding=True).embedding[0]
+        gated_other = _embedding(session, text, gate_tensor)
         to_clean = float(F.cosine_similarity(run.embedding, reference.embedding, dim=0))
         to_second = float(F.cosine_similarity(run.embedding, gated_other, dim=0))
         clean_second = float(F.cosine_similarity(reference.embedding, other, dim=0))

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from headscope.analyses import flow, position, spectral, taxonomy
 from headscope.analyses.summary import HeadSummary, head_summary
-from headscope.dashboard.session import ModelSession, PromptState, analysis_module
+from headscope.dashboard.session import ModelSession, PromptState
+from headscope.experiments import spectra as model_spectra
 
 
 def summary(state: PromptState) -> HeadSummary:
@@ -19,7 +21,6 @@ def summary(state: PromptState) -> HeadSummary:
 
 def taxonomy_scores(state: PromptState) -> dict[str, Tensor]:
     """`head_scores(record)`: one `[layer, head]` score per taxonomy category."""
-    taxonomy = analysis_module("taxonomy")
     return state.cached("taxonomy", lambda: dict(taxonomy.head_scores(state.record)))
 
 
@@ -27,7 +28,6 @@ def taxonomy_labels(state: PromptState) -> tuple[list[list[str]], Tensor]:
     """(primary label per head, that label's score per head): `head_labels`
     with its default per-category thresholds; unlabelled heads ("none") carry
     their best score."""
-    taxonomy = analysis_module("taxonomy")
 
     def compute() -> tuple[list[list[str]], Tensor]:
         scores = taxonomy_scores(state)
@@ -46,20 +46,17 @@ def taxonomy_labels(state: PromptState) -> tuple[list[list[str]], Tensor]:
 def sink_scores(state: PromptState) -> Tensor:
     """Sink score α_k per `[layer, head, key]` (Gu et al. 2025 metric), with the
     visibility of the model's mask (causal or not)."""
-    position = analysis_module("position")
     causal = state.record.spec.causal
     return state.cached("sinks", lambda: position.sink_scores(state.record.pattern,
                                                               causal=causal))
 
 
 def rollout(state: PromptState, residual: float = 0.5) -> Tensor:
-    flow = analysis_module("flow")
     return state.cached(("rollout", residual), lambda: flow.rollout(state.record.pattern,
                                                                     residual=residual))
 
 
 def attention_flow(state: PromptState, residual: float = 0.5) -> Tensor:
-    flow = analysis_module("flow")
     return state.cached(
         ("flow", residual),
         lambda: flow.attention_flow(state.record.pattern, residual=residual, normalize=True),
@@ -71,7 +68,6 @@ def content_free(
 ) -> Tensor:
     """The content-free baseline's final `[query, key]` map (uniform attention
     over the mask, pushed through the same computation)."""
-    flow = analysis_module("flow")
     result = flow.content_free_baseline(
         n, n_layers=n_layers, causal=causal, method=method, residual=residual
     )
@@ -110,7 +106,6 @@ class Influence:
 
 
 def influence(state: PromptState, mask: str) -> Influence:
-    position = analysis_module("position")
 
     def compute() -> Influence:
         pattern = state.record.pattern
@@ -131,53 +126,41 @@ MP_MATRICES = ("W_Q", "W_K", "W_V", "W_O")
 
 
 def head_weights(session: ModelSession):
-    """Per-head weights with norms folded in (`spectral.head_weights`). Reading
-    them runs a short forward with hooks, so it takes the model lock."""
-    spectral = analysis_module("spectral")
+    """Per-head weights with norms folded in (`experiments.spectra.head_weights`).
+    Reading them runs a short forward, so it takes the model lock."""
 
     def compute():
         with session.lock:
-            return spectral.head_weights(session.require_model())
+            return model_spectra.head_weights(session.require_model())
 
     return session.cached_model_result("head_weights", compute)
 
 
 def spectra(session: ModelSession):
     """QK / OV spectra of every head (`spectral.HeadSpectra`), with copying
-    scores only for models with a trained LM head (W_U means nothing otherwise).
-    The same steps as `spectral.spectra`, with only the weight read under the lock."""
-    spectral = analysis_module("spectral")
+    scores only for models with a trained LM head (W_U means nothing otherwise);
+    only the weight read holds the lock."""
 
     def compute():
         weights = head_weights(session)
-        result = spectral.qk_ov_spectra(weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
-        copying = None
-        if session.require_model().spec.has_lm_head:
-            copying = spectral.copying_score(
-                weights.W_E, weights.W_V, weights.W_O, weights.W_U
-            ).float()
-        return spectral.HeadSpectra(qk=result.qk, ov=result.ov, copying=copying)
+        has_lm_head = session.require_model().spec.has_lm_head
+        return model_spectra.spectra_from_weights(weights, has_lm_head)
 
     return session.cached_model_result("spectra", compute)
 
 
 def composition(session: ModelSession, kind: str):
     """All-pairs composition scores of one kind with the random baseline
-    (`spectral.composition_scores`). It reads the weights with a forward, so it
-    holds the model lock throughout: the dashboard runs it in a background job,
-    whose forked process has a model of its own."""
-    spectral = analysis_module("spectral")
+    (`experiments.spectra.composition_from_weights`), from the cached weights."""
 
     def compute():
-        with session.lock:
-            return spectral.composition_scores(session.require_model(), kind)
+        return model_spectra.composition_from_weights(head_weights(session), kind)
 
     return session.cached_model_result(("composition", kind), compute)
 
 
 def mp_fit(session: ModelSession, layer: int, head: int, matrix: str):
     """Marchenko–Pastur fit of one head's weight matrix (Tracy–Widom margin)."""
-    spectral = analysis_module("spectral")
 
     def compute():
         weights = head_weights(session)

@@ -13,8 +13,6 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import import_module
-from types import ModuleType
 from typing import Any, TypeVar
 
 import torch
@@ -63,23 +61,6 @@ os.register_at_fork(after_in_child=MODEL_RESULTS.after_fork)
 
 class ModelUnavailableError(HeadscopeError):
     """The dashboard's model could not be loaded (the message says why)."""
-
-
-class AnalysisUnavailableError(HeadscopeError):
-    """An analysis module this page needs is not part of this installation."""
-
-
-def analysis_module(name: str) -> ModuleType:
-    """`headscope.analyses.<name>`, or AnalysisUnavailableError naming it."""
-    try:
-        return import_module(f"headscope.analyses.{name}")
-    except ModuleNotFoundError as error:
-        if error.name and error.name.startswith("headscope.analyses"):
-            raise AnalysisUnavailableError(
-                f"this page needs headscope.analyses.{name}, which is not installed "
-                "in this version of headscope"
-            ) from None
-        raise
 
 
 def check_prompt_text(prompt: object) -> str:
@@ -208,7 +189,7 @@ class ModelSession:
         text = check_prompt_text(prompt)
 
         def create() -> PromptState:
-            from headscope.probes.capture import capture
+            from headscope.experiments.attention import capture
 
             batch = self.tokenize(text)
             with self.lock:

@@ -168,48 +168,54 @@ class HeadscopeModel:
         embedding: bool = False,
         hooks: list[tuple[str, Any]] | tuple = (),
     ) -> ModelOutput:
-        """Run the bridge on a TokenBatch with optional forward hooks
-        `(hook_name, fn)`; hooks are removed on exit, also after an exception.
+        """Run the bridge on a TokenBatch and return its logits.
 
         `embedding=True` adds the sentence embedding: the final residual stream
         (after the final norm where the model has one), mean-pooled over real
         tokens, as sentence-transformers does for minilm (not L2-normalized).
+        `hooks` are transformer-lens hook functions `(point, fn)`, built by
+        `headscope.probes.run` (the only module that names hook points); they
+        are removed on exit, also after an exception.
         """
-        final: dict[str, Tensor] = {}
-        all_hooks = list(hooks)
-        if embedding:
-            name = self._final_hidden_hook
-
-            def keep(tensor: Tensor, hook: Any) -> Tensor:
-                final["hidden"] = tensor
-                return tensor
-
-            all_hooks.append((name, keep))
         device = self.device
         ids = batch.ids.to(device)
         mask = batch.attention_mask.to(device)
         kwargs = {} if not batch.padded and self.spec.causal else {"attention_mask": mask.long()}
-        with self.bridge.hooks(fwd_hooks=all_hooks):
-            logits = self.bridge(ids, **kwargs)
+        final: list[Tensor] = []
+        handle = None
+        if embedding:
+
+            def keep_final(module: Any, args: Any, output: Any) -> None:
+                final.append(output[0] if isinstance(output, tuple) else output)
+
+            handle = self._final_module.register_forward_hook(keep_final)
+        try:
+            with self.bridge.hooks(fwd_hooks=list(hooks)):
+                logits = self.bridge(ids, **kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
         pooled = None
         if embedding:
-            hidden = final["hidden"]
+            hidden = final[-1]
             weights = mask.to(hidden.dtype)[..., None]
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
         return ModelOutput(logits=logits, embedding=pooled)
 
-    @cached_property
-    def _final_hidden_hook(self) -> str:
-        names = self.bridge.hook_dict
-        if "ln_final.hook_out" in names and self.spec.causal:
-            return "ln_final.hook_out"
-        # BERT-style encoders have no final norm in the base model: their last
-        # hidden state is the last block's output (ln_final belongs to the MLM head).
-        return f"blocks.{self.spec.n_layers - 1}.hook_out"
+    @property
+    def _final_module(self) -> Any:
+        """The module whose output is the final hidden state: the final norm of
+        a causal LM; the last block of a BERT-style encoder (its final norm
+        belongs to the MLM head, not to the sentence embedding)."""
+        final_norm = getattr(self.bridge, "ln_final", None)
+        if final_norm is not None and self.spec.causal:
+            return final_norm
+        return self.bridge.blocks[self.spec.n_layers - 1]
 
     @contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, Any]]):
-        """Scoped forward hooks on the bridge (removed on exit, even after errors)."""
+        """Scoped transformer-lens hooks (built by `headscope.probes.run`),
+        removed on exit, even after errors."""
         with self.bridge.hooks(fwd_hooks=fwd_hooks):
             yield self
 

@@ -34,3 +34,16 @@ class TokenBatch:
     @property
     def padded(self) -> bool:
         return min(self.lengths) != self.length
+
+    def select(self, rows: Int[Tensor, " row"]) -> TokenBatch:
+        """The batch's rows `rows` (repeats allowed) as a new, batched TokenBatch."""
+        index = [int(i) for i in rows.tolist()]
+        return TokenBatch(
+            self.ids[rows],
+            self.attention_mask[rows],
+            tuple(self.lengths[i] for i in index),
+            tuple(self.tokens[i] for i in index),
+            False,
+            None if self.texts is None else tuple(self.texts[i] for i in index),
+            self.prepended_bos,
+        )

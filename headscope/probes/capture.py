@@ -16,6 +16,7 @@ from headscope.kernels.tiled import TiledAttentionResult
 from headscope.models.loading import HeadscopeModel, Inputs
 from headscope.models.tokens import TokenBatch
 from headscope.probes.fast_attention import instrumented_attention
+from headscope.probes.run import run
 from headscope.probes.sites import Site
 from headscope.records.attention import AttentionRecord
 from headscope.records.provenance import Provenance
@@ -118,7 +119,7 @@ def capture(
 
     `kernel="tiled"` (default) runs headscope's query-tiled kernel
     (`kernels.tiled`) inside the model's attention layers; `kernel="eager"`
-    keeps transformer-lens's eager attention and reads `hook_pattern` (maps
+    keeps transformer-lens's eager attention and reads the pattern site (maps
     only; for parity checks). A model whose attention layers the tiled kernel
     does not support falls back to eager for maps (provenance.kernel says which
     ran) and raises InputError for stats. Grouped-query models give one map per
@@ -238,14 +239,14 @@ class _AttentionDone(Exception):  # noqa: N818 (a control-flow signal, not an er
     """Raised once the last attention layer a capture needs has run."""
 
 
-def _forward_until_done(model: HeadscopeModel, batch: TokenBatch, hooks: list = ()) -> None:
+def _forward_until_done(model: HeadscopeModel, batch: TokenBatch) -> None:
     """Run the forward only as far as the attention a capture reads: everything
     after the last needed attention layer (its output projection, the MLPs
     above it, the final norm and the [N, vocab] unembedding, 1.6 GB at N = 8192
-    for GPT-2) cannot change what was captured. Hooks and patches are removed
-    on the way out as after any exception."""
+    for GPT-2) cannot change what was captured. Patches are removed on the way
+    out as after any exception."""
     with contextlib.suppress(_AttentionDone):
-        model.forward(batch, hooks=list(hooks))
+        run(model, batch)
 
 
 def _to_cpu(result: TiledAttentionResult) -> TiledAttentionResult:
@@ -264,27 +265,17 @@ def _run_eager(
     layer_index: tuple[int, ...],
     head_index: tuple[int, ...],
 ) -> dict[int, Tensor]:
-    """transformer-lens eager attention, read at hook_pattern."""
-    heads_tensor = torch.tensor(head_index)
+    """transformer-lens eager attention, read at the pattern site of each kept
+    layer; the forward stops after the last of them."""
+    sites = [Site(layer, "pattern") for layer in layer_index]
+    read = run(model, batch, read=sites, stop_after=sites[-1]).activations
+    heads = torch.tensor(head_index)
     kept: dict[int, Tensor] = {}
-
-    def keeper(layer: int):
-        def keep(pattern: Tensor, hook: Any) -> Tensor:
-            full = torch.full(pattern.shape, float("nan"))
-            chosen = heads_tensor.to(pattern.device)
-            full[:, heads_tensor] = pattern.detach()[:, chosen].float().cpu()
-            kept[layer] = full
-            if layer == layer_index[-1]:
-                raise _AttentionDone
-            return pattern
-
-        return keep
-
-    hooks = [(Site(layer, "pattern").hook_name, keeper(layer)) for layer in layer_index]
-    _forward_until_done(model, batch, hooks)
-    missing = [layer for layer in layer_index if layer not in kept]
-    if missing:
-        raise RuntimeError(f"the attention pattern hook did not fire for layers {missing}")
+    for layer, site in zip(layer_index, sites, strict=True):
+        pattern = read[site]
+        full = torch.full(pattern.shape, float("nan"))
+        full[:, heads] = pattern[:, heads.to(pattern.device)].float().cpu()
+        kept[layer] = full
     return kept
 
 

@@ -25,21 +25,21 @@ two ways, so one seam does not cover both:
    sequences, overlays) are materialized as boolean masks and honoured as given.
 2. Bridges that *reconstruct* attention themselves, and so ignore the
    registry, are patched per instance: GPT-2-style `JointQKVAttentionBridge`
-   at its `_reconstruct_attention(q, k, v)` step (after hook_q/k/v, before the
-   output projection that fires hook_z); Llama-style
+   at its `_reconstruct_attention(q, k, v)` step (after the q/k/v sites, before
+   the output projection where the z site fires); Llama-style
    `PositionEmbeddingsAttentionBridge` (RoPE, grouped-query) by routing its
    forward back through the Hugging Face module, whose q/k/v/o projections are
-   the bridge's own LinearBridges — so hook_q/k/v/z fire as before — and whose
+   the bridge's own LinearBridges — so the q/k/v/z sites fire as before — and whose
    attention call goes through the registry (1). Hugging Face applies RoPE
    exactly as the checkpoint expects; the kernel receives rotated q and k.
 
 Per-instance patches touch only the bridge in scope (no global monkey-patching
 of classes), and the registry entries are inert unless a config names them.
-Hooks: hook_q/k/v/z, hook_in/hook_out and everything outside attention keep
-firing, so head gates and ablations on z work unchanged. hook_pattern and
-hook_attn_scores do not fire (the maps are not computed for every head; ask for
-them with `maps_for`); on Llama-style bridges hook_rot_q/k and hook_cos/sin do
-not fire either. Padding given as `attention_mask=` reaches the kernel as a key
+Sites (`probes.sites`): q, k, v, z, attn_in and everything outside attention
+keep firing, so head gates and ablations on z work unchanged. The pattern and
+scores sites do not fire (the maps are not computed for every head; ask for
+them with `maps_for`); on Llama-style bridges the rotary points do not fire
+either. Padding given as `attention_mask=` reaches the kernel as a key
 padding mask: padded positions are excluded from the statistics.
 
 The kernel is forward-only: calling the model with gradients enabled through
@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from headscope.kernels.tiled import TiledAttentionResult, tiled_attention
+from headscope.probes.sites import input_point, output_point
 
 ATTENTION_NAME = "headscope_tiled"
 Collector = Callable[[int, TiledAttentionResult], None]
@@ -299,7 +300,7 @@ def _joint_qkv_reconstruct(bridge_attention: Any, scope: InstrumentedAttention, 
         )
         output = self._reshape_attn_output(output, batch, n_query, n_heads, d_head)
         if getattr(self.config, "use_attn_result", False) and self.o.original_component is not None:
-            output = self.o.hook_in(output)
+            output = input_point(self.o)(output)
             z = output.view(batch, n_query, n_heads, d_head)
             output = self._compute_per_head_result(z, n_heads, d_head)
         else:
@@ -316,13 +317,13 @@ def _delegating_forward(bridge_attention: Any):
     def forward(*args: Any, **kwargs: Any) -> Any:
         self = bridge_attention
         if "hidden_states" in kwargs:
-            kwargs["hidden_states"] = self.hook_in(kwargs["hidden_states"])
+            kwargs["hidden_states"] = input_point(self)(kwargs["hidden_states"])
         else:
-            args = (self.hook_in(args[0]), *args[1:])
+            args = (input_point(self)(args[0]), *args[1:])
         output = self.original_component(*args, **kwargs)
         if isinstance(output, tuple):
-            return (self.hook_out(output[0]), *output[1:])
-        return self.hook_out(output)
+            return (output_point(self)(output[0]), *output[1:])
+        return output_point(self)(output)
 
     return forward
 

@@ -1,7 +1,7 @@
 """Head interventions on z, each head's output before W_O.
 
 z is where Michel et al. 2019 ("Are Sixteen Heads Really Better than One?"),
-Causal Head Gating (Nam et al. 2025) and transformer-lens `hook_z` meet:
+Causal Head Gating (Nam et al. 2025) and transformer-lens's z hook point meet:
 scaling a head's z scales its whole contribution to the residual stream.
 
     with gate_heads(model, gates):            # gates [layer, head] or [batch, layer, head]
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -27,7 +27,8 @@ from torch import Tensor
 from headscope.errors import InputError
 from headscope.models.loading import HeadscopeModel, Inputs
 from headscope.models.tokens import TokenBatch
-from headscope.probes.sites import Site
+from headscope.probes.run import editing, reading
+from headscope.probes.sites import Site, layer_sites
 
 AblationMode = Literal["zero", "mean", "resample"]
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "resample")
@@ -45,6 +46,8 @@ def check_gates(model: HeadscopeModel, gates: Tensor) -> Tensor:
         )
     if not torch.is_floating_point(gates):
         raise InputError(f"gates must be floating point, got {gates.dtype}")
+    if not bool(torch.isfinite(gates.detach()).all()):
+        raise InputError("gates must be finite (no NaN or infinity)")
     return gates
 
 
@@ -54,18 +57,9 @@ def reference_z(
 ) -> tuple[list[Float[Tensor, "batch position head d_head"]], TokenBatch]:
     """z of every layer on the reference prompts (`[batch, position, head, d_head]` each)."""
     batch = reference if isinstance(reference, TokenBatch) else model.tokenize(reference)
-    store: dict[int, Tensor] = {}
-
-    def keeper(layer: int):
-        def keep(z: Tensor, hook: Any) -> Tensor:
-            store[layer] = z.detach()
-            return z
-
-        return keep
-
-    hooks = [(Site(layer, "z").hook_name, keeper(layer)) for layer in range(model.spec.n_layers)]
-    model.forward(batch, hooks=hooks)
-    return [store[layer] for layer in range(model.spec.n_layers)], batch
+    sites = layer_sites("z", model.spec.n_layers)
+    store = reading(model, batch, sites)
+    return [store[site] for site in sites], batch
 
 
 def mean_z(zs: list[Tensor], batch: TokenBatch) -> list[Float[Tensor, "position head d_head"]]:
@@ -106,8 +100,8 @@ def gate_heads(
     # a resampled forward uses the same reference prompt throughout.
     resample_rows: dict[int, Tensor] = {}
 
-    def gate_hook(layer: int):
-        def hook(z: Tensor, hook: Any) -> Tensor:
+    def gate_edit(layer: int):
+        def edit(z: Tensor) -> Tensor:
             # z: [batch, position, head, d_head]
             g = gates[..., layer, :].to(z.device, z.dtype)
             g = g[None, None, :, None] if g.dim() == 1 else g[:, None, :, None]
@@ -120,7 +114,7 @@ def gate_heads(
             ref = _replacement_for(layer, z)
             return g * z + (1 - g) * ref
 
-        return hook
+        return edit
 
     def _replacement_for(layer: int, z: Tensor) -> Tensor:
         assert replacement is not None
@@ -143,6 +137,6 @@ def gate_heads(
             )
         return ref[resample_rows[z.shape[0]].to(ref.device), :positions]
 
-    hooks = [(Site(layer, "z").hook_name, gate_hook(layer)) for layer in range(model.spec.n_layers)]
-    with model.hooks(hooks):
+    edits = {Site(layer, "z"): gate_edit(layer) for layer in range(model.spec.n_layers)}
+    with editing(model, edits):
         yield gates

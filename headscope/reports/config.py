@@ -6,16 +6,19 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from headscope.errors import InputError
+from headscope.experiments.metrics import ALIASES
+from headscope.experiments.scoring import METHODS, SCORING_METRICS
+from headscope.experiments.targets import TARGET_RULES
 
-METHODS = ("ablation", "gradient", "chg", "attribution")
-METRICS = ("loss", "logit-diff", "embedding")
+METRICS = SCORING_METRICS
 
-Metric = Literal["loss", "logit-diff", "embedding"]
+Metric = Literal["loss", "logit_diff", "embedding_cosine"]
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What to compute. `shard_size` prompts per checkpointed shard; CHG is fit
+    """What to compute. `metric` and `target` (which tokens the loss scores) as
+    in `experiments.score_heads`. `shard_size` prompts per checkpointed shard; CHG is fit
     once per shard (`seeds` seeds, `chg_steps` Adam steps per phase); prompts
     longer than the model's context are rejected or truncated (`on_long`)."""
 
@@ -23,6 +26,7 @@ class ReportConfig:
     prompts: str
     methods: tuple[str, ...] = METHODS
     metric: Metric = "loss"
+    target: str = "auto"
     shard_size: int = 8
     seeds: int = 5
     chg_steps: int = 100
@@ -37,8 +41,14 @@ class ReportConfig:
                 if unknown
                 else "no methods given"
             )
+        # One vocabulary: older spellings (logit-diff, embedding) name the same metrics.
+        object.__setattr__(self, "metric", ALIASES.get(self.metric, self.metric))
         if self.metric not in METRICS:
             raise InputError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
+        if self.target not in TARGET_RULES:
+            raise InputError(
+                f"unknown target {self.target!r}; choose from {', '.join(TARGET_RULES)}"
+            )
         if self.shard_size < 1 or self.seeds < 1 or self.chg_steps < 1:
             raise InputError("shard size, seeds and CHG steps must be positive")
         if self.on_long not in ("reject", "truncate"):

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from headscope.analyses import heads as head_analyses
-from headscope.analyses import position, taxonomy
+from headscope.analyses import taxonomy
+from headscope.experiments.scoring import pruning_curves
+from headscope.experiments.summaries import summarize_prompts
 from headscope.models.loading import HeadscopeModel
-from headscope.probes.capture import capture
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem
-from headscope.reports.scoring import encode_prompts, prompt_metric, single_thread
+from headscope.reports.scoring import scoring_prompt
 
 #: Sink heads: α_0 above this (Gu et al. 2025).
 SINK_THRESHOLD = 0.3
@@ -69,74 +69,41 @@ def summarize(
 ) -> Summaries:
     """Every summary of the report (see `Summaries`); `means[method]` is that
     method's mean score `[layer, head]`, higher = more important."""
-    with single_thread(), torch.no_grad():
-        return _summarize(model, items, config, means)
-
-
-def _summarize(model, items, config, means) -> Summaries:
-    spec = model.spec
+    prompts = [scoring_prompt(item) for item in items]
+    truncate = config.on_long == "truncate"
+    per_prompt = summarize_prompts(model, prompts, truncate=truncate, chunk=config.shard_size)
     categories: dict[str, list[np.ndarray]] = {}
-    alphas: list[np.ndarray] = []
-    curves: list[np.ndarray] = []
-    baselines: list[np.ndarray] = []
-    example = None
-    tokens: tuple[str, ...] = ()
-    bos = False
-    for start in range(0, len(items), config.shard_size):
-        chunk = items[start : start + config.shard_size]
-        batch, _ = encode_prompts(model, chunk, config)
-        record = capture(model, batch)
-        bos = bos or batch.prepended_bos
-        sinks = position.sink_scores(
-            record.pattern, causal=spec.causal, lengths=torch.tensor(batch.lengths)
-        )  # [batch, layer, head, key]
-        for i in range(batch.batch_size):
-            one = record.prompt(i)
-            for name, score in taxonomy.head_scores(one).items():
-                categories.setdefault(name, []).append(score.double().numpy())
-            alphas.append(sinks[i, :, :, 0].numpy())
-            if example is None:
-                n = batch.lengths[i]
-                example, tokens = sinks[i, :, :, :n].numpy(), tuple(batch.tokens[i])
-            pattern = one.pattern
-            n_tokens = pattern.shape[-1]
-            curves.append(
-                position.influence_by_distance(position.cumulative_influence(pattern)).numpy()
-            )
-            mask = position.mask_attention("causal" if spec.causal else "bidirectional", n_tokens)
-            baselines.append(
-                position.influence_by_distance(
-                    position.cumulative_influence(mask, n_layers=spec.n_layers)
-                ).numpy()
-            )
+    for summary in per_prompt:
+        for name, score in summary.taxonomy.items():
+            categories.setdefault(name, []).append(score)
     taxonomy_means = {name: _nanmean(values) for name, values in categories.items()}
     labels = taxonomy.head_labels({k: torch.from_numpy(v) for k, v in taxonomy_means.items()})
-    sink_alpha = np.mean(alphas, axis=0)
+    sink_alpha = np.mean([summary.sinks[:, :, 0] for summary in per_prompt], axis=0)
     sink_heads = [
         (int(layer), int(head)) for layer, head in np.argwhere(sink_alpha > SINK_THRESHOLD)
     ]
-    influence, influence_baseline = _ragged_mean(curves), _ragged_mean(baselines)
+    influence = _ragged_mean([summary.influence for summary in per_prompt])
+    influence_baseline = _ragged_mean([summary.influence_baseline for summary in per_prompt])
     peak = [int(np.nanargmax(row)) for row in influence]
 
-    pruned = items[:PRUNING_PROMPTS]
-    batch, rows = encode_prompts(model, pruned, config)
-    metric = prompt_metric(config, rows, batch)
-    fractions: list[float] = list(head_analyses.DEFAULT_FRACTIONS)
-    pruning = {}
-    for method, mean in means.items():
-        _, values = head_analyses.pruning_curve(
-            model, batch, torch.from_numpy(np.nan_to_num(mean, nan=-np.inf)), metric=metric
-        )
-        pruning[method] = [float(v) for v in values]
-    clean = float(head_analyses.clean_metric(model, batch, metric=metric).mean())
+    pruned = prompts[:PRUNING_PROMPTS]
+    orders = {method: torch.from_numpy(mean) for method, mean in means.items()}
+    fractions, pruning, clean = pruning_curves(
+        model,
+        pruned,
+        orders,
+        config.metric,
+        config.target,
+        truncate=truncate,  # type: ignore[arg-type]
+    )
     return Summaries(
         taxonomy=taxonomy_means,
         labels=labels,
         sink_alpha=sink_alpha,
         sink_heads=sink_heads,
-        sink_example=example,
-        sink_tokens=tokens,
-        bos_prepended=bos,
+        sink_example=per_prompt[0].sinks,
+        sink_tokens=per_prompt[0].tokens,
+        bos_prepended=any(summary.bos_prepended for summary in per_prompt),
         influence=influence,
         influence_baseline=influence_baseline,
         peak_distance=peak,

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from headscope.experiments.metrics import metric_info
 from headscope.figures.heads import importance_heatmap, label_grid, layer_head_heatmap
 from headscope.figures.heads import pruning_curve as pruning_figure
 from headscope.figures.position import influence_by_distance as influence_figure
@@ -36,7 +37,7 @@ from headscope.reports.aggregate import MethodAggregate, aggregate, rank_agreeme
 from headscope.reports.checkpoints import atomic_output, atomic_write_text, clean_output_temporaries
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptSet
-from headscope.reports.scoring import PER_PROMPT, SCORE_MEANING, metric_direction
+from headscope.reports.scoring import PER_PROMPT, SCORE_MEANING
 from headscope.reports.summaries import SINK_THRESHOLD, Summaries, summarize
 
 SCHEMA = "headscope.report"
@@ -247,7 +248,8 @@ def report_document(
         },
         "metric": {
             "name": config.metric,
-            "direction": metric_direction(config.metric),
+            "direction": metric_info(config.metric).direction,
+            "target": config.target,
             "ablation_mode": "zero",
         },
         "aggregates": heads,

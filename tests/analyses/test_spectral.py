@@ -17,13 +17,10 @@ from headscope.analyses.spectral import (
     attention_effective_rank,
     composition_baseline,
     composition_score,
-    composition_scores,
     composition_scores_from_weights,
     copying_score,
-    copying_scores,
     effective_rank,
     expand_kv_heads,
-    head_weights,
     heavy_tail_alpha,
     heavy_tail_alpha_by_layer,
     marchenko_pastur_fit,
@@ -31,10 +28,10 @@ from headscope.analyses.spectral import (
     qk_ov_spectra,
     rank_collapse,
     singular_spectrum,
-    spectra,
     stable_rank,
 )
 from headscope.errors import InputError
+from headscope.experiments.spectra import composition_scores, copying_scores, head_weights, spectra
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -29,20 +29,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def toy_session(toy_model):
-    from headscope.dashboard.session import ModelSession
-
-    return ModelSession(toy_model)
-
-
-@pytest.fixture(scope="session")
-def minilm_session(minilm_model):
-    from headscope.dashboard.session import ModelSession
-
-    return ModelSession(minilm_model)
-
-
-@pytest.fixture(scope="session")
 def artifacts() -> Path:
     """Where browser tests save screenshots (git-ignored)."""
     folder = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"

@@ -5,11 +5,9 @@ off captured patterns with the taxonomy scores (not hard-coded)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 from browser import CHROMEDRIVER, HAVE_BROWSER, SKIP_REASON, chrome_options
 
 from headscope.reports.config import ReportConfig
@@ -50,42 +48,6 @@ def local_report(toy_model, fast_config, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("report-local")
     return run_report(fast_config, out, model=toy_model, progress=False)
-
-
-@dataclass(frozen=True)
-class Circuit:
-    previous_head: tuple[int, int]
-    induction_head: tuple[int, int]
-    induction_heads: frozenset[tuple[int, int]]
-
-    @property
-    def heads(self) -> set[tuple[int, int]]:
-        return {self.previous_head, self.induction_head}
-
-
-@pytest.fixture(scope="session")
-def circuit(toy_model) -> Circuit:
-    """The previous-token head and the induction head(s), from the taxonomy
-    scores of 64 repeated random sequences (the model card's evaluation set)."""
-    import headscope as hs
-    from headscope.analyses.taxonomy import head_scores
-    from headscope.models.induction_data import repeated_random_batch
-    from headscope.models.toy_training import BOS_ID, WORD_RANGE
-
-    probe, _ = repeated_random_batch(
-        64, 20, vocab=WORD_RANGE, bos_id=BOS_ID, generator=torch.Generator().manual_seed(1234)
-    )
-    scores = head_scores(hs.capture(toy_model, probe))
-    previous, induction = scores["previous_token"], scores["induction"]
-    n_heads = previous.shape[1]
-
-    def best(grid: torch.Tensor) -> tuple[int, int]:
-        index = int(grid.flatten().argmax())
-        return index // n_heads, index % n_heads
-
-    assert previous.max() > 0.8 and induction.max() > 0.8
-    heads = frozenset((int(a), int(b)) for a, b in (induction > 0.8).nonzero().tolist())
-    return Circuit(best(previous), best(induction), heads)
 
 
 @pytest.fixture(scope="session")

@@ -70,10 +70,10 @@ def test_missing_fields_name_the_method_and_the_field(write, tmp_path):
     txt = write("p.txt", "red cat blue dog red cat blue dog", "sun tree sun tree")
     message = _error(_report(txt, tmp_path / "o"))
     assert "method 'attribution' needs a 'corrupted' prompt" in message
-    assert "lines 1, 2" in message and "--methods ablation,gradient,chg" in message
+    assert "(line 1, line 2)" in message and "--methods ablation,gradient,chg" in message
     message = _error(_report(write("p.jsonl", GOOD), tmp_path / "o", "--metric", "logit-diff"))
-    assert "metric 'logit-diff'" in message and "needs an 'answer'" in message
-    assert "lines 1" in message
+    assert "metric 'logit_diff'" in message and "needs an 'answer'" in message
+    assert "(line 1)" in message
 
 
 def test_too_long_prompts_are_rejected_with_their_lines(write, tmp_path, toy_model):

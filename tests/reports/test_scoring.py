@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from headscope.errors import InputError
+from headscope.experiments.scoring import encode_prompt
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem
-from headscope.reports.scoring import check_inputs, encode_prompts, score_shard
+from headscope.reports.scoring import check_inputs, score_shard, scoring_prompt
 
 REPEAT = "red cat blue dog sun tree red cat blue dog sun"
 
@@ -21,12 +22,11 @@ def _config(**kwargs) -> ReportConfig:
 def test_truncation_keeps_bos_and_the_last_tokens_with_their_targets(toy_model):
     words = ("red cat blue dog " * 40).split()  # 160 words
     item = PromptItem(prompt=" ".join(words[:150]), target=" " + " ".join(words[150:]), line=1)
-    config = _config(on_long="truncate", methods=("ablation",))
-    batch, (row,) = encode_prompts(toy_model, [item], config)
-    assert batch.lengths == (128,)
+    row = encode_prompt(toy_model, scoring_prompt(item), metric="loss", truncate=True)
+    assert len(row.ids) == 128 and row.rule == "continuation"
     full = toy_model.tokenize(item.prompt + item.target, max_length=1000).ids[0].tolist()
     assert row.ids == [full[0], *full[-127:]] and full[0] == toy_model.spec.bos_token_id
-    assert row.targets is not None and sum(row.targets) == 10 and all(row.targets[-10:])
+    assert sum(row.targets) == 10 and all(row.targets[-10:])
 
 
 def test_logit_difference_and_embedding_metrics_score_the_circuit(toy_model, circuit):
@@ -83,10 +83,10 @@ def test_scoring_restores_the_thread_count_and_is_repeatable(toy_model):
 
 def test_missing_inputs_name_the_method_or_metric():
     items = [PromptItem(prompt="a", line=3, corrupted="b"), PromptItem(prompt="c", line=7)]
-    with pytest.raises(InputError, match=r"method 'attribution' needs a 'corrupted'.*lines 7"):
+    with pytest.raises(InputError, match=r"method 'attribution' needs a 'corrupted'.*\(line 7\)"):
         check_inputs(items, _config())
     check_inputs(items, _config(methods=("ablation", "chg")))
-    with pytest.raises(InputError, match=r"metric 'logit-diff'.*'answer'.*lines 3, 7"):
+    with pytest.raises(InputError, match=r"metric 'logit_diff'.*'answer'.*\(line 3, line 7\)"):
         check_inputs(items, _config(metric="logit-diff", methods=("ablation",)))
 
 

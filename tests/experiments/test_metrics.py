@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from tiny_models import load_eager_hf
 
-from headscope.analyses.metrics import (
+from headscope.errors import InputError
+from headscope.experiments.metrics import (
     Metric,
     embedding_cosine,
     evaluate_metric,
@@ -19,16 +20,13 @@ from headscope.analyses.metrics import (
     resolve_metric,
     second_copy_targets,
 )
-from headscope.errors import InputError
 from headscope.models.induction_data import repeated_random_batch
 
 PROMPTS = ["t5 t6 t7 t8 t9 t10", "t11 t12 t13"]
 
 
 def _repeat_rows(batch, rows):
-    from headscope.analyses.heads import _select
-
-    return _select(batch, torch.as_tensor(rows))
+    return batch.select(torch.as_tensor(rows))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

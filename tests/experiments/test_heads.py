@@ -10,31 +10,23 @@ import pytest
 import torch
 
 import headscope as hs
-from headscope.analyses import heads as heads_module
-from headscope.analyses.heads import (
-    AnalysisCancelledError,
-    ablation_scores,
-    activation_patching,
-    attribution_patching,
-    causal_head_gating,
-    clean_metric,
-    contrastive_head_gating,
-    gradient_importance,
-    patch_heads,
-    pruning_curve,
-    rank_heads,
-    top_heads,
-)
-from headscope.analyses.metrics import (
+from headscope.analyses.ranking import rank_heads, top_heads
+from headscope.errors import InputError
+from headscope.experiments.ablation import ablation_scores, clean_metric, pruning_curve
+from headscope.experiments.gating import causal_head_gating, contrastive_head_gating
+from headscope.experiments.gradients import gradient_importance
+from headscope.experiments.metrics import (
     first_copy_targets,
     logit_difference,
     next_token_loss,
     resolve_metric,
     second_copy_targets,
 )
-from headscope.errors import InputError
+from headscope.experiments.patching import activation_patching, attribution_patching, patch_heads
+from headscope.experiments.progress import AnalysisCancelledError
 from headscope.models.induction_data import repeated_random_batch
 from headscope.models.toy_training import BOS_ID, WORD_RANGE
+from headscope.probes import batched
 
 LOG_V = math.log(WORD_RANGE[1] - WORD_RANGE[0])  # 61 words: chance-level loss
 
@@ -253,7 +245,7 @@ def test_sharing_the_lower_layers_is_exact_and_falls_back(tiny_models, monkeypat
     def refuse(model, start, copies):
         raise RuntimeError("this architecture cannot tile")
 
-    monkeypatch.setattr(heads_module, "_tile_from_layer", refuse)
+    monkeypatch.setattr(batched, "tile_from_layer", refuse)
     fallback = ablation_scores(model, PADDED, per_prompt=True, batch_size=8)
     assert torch.allclose(fallback, plain, atol=1e-5)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headscope.analyses.flow import relevance  # the public name; implemented in .relevance
 from headscope.analyses.relevance import relevance_from_gradients
 from headscope.errors import InputError
-from headscope.probes.gradients import attention_gradients
+from headscope.experiments.relevance import attention_gradients, relevance
 
 
 def random_pattern(layers, heads, n, seed=0, causal=True):

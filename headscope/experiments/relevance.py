@@ -1,4 +1,6 @@
-"""Attention probabilities together with the gradient of a target with respect to them.
+"""Gradient-weighted attention relevance (Chefer, Gur & Wolf 2021, "Generic
+Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
+Transformers"; docs/methods.md §1.3) and the attention gradients it needs.
 
 Every head computes z = A·V (its output before W_O), so ∂T/∂A = ∂T/∂z · Vᵀ
 exactly. headscope takes the gradient at z and V instead of at the pattern
@@ -10,16 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscope.analyses.relevance import relevance_from_gradients
 from headscope.errors import InputError
 from headscope.models.loading import HeadscopeModel, Inputs, ModelOutput
 from headscope.models.tokens import TokenBatch
-from headscope.probes.sites import Site
+from headscope.probes.run import run
+from headscope.probes.sites import layer_sites
 
 Target = int | Callable[[ModelOutput, TokenBatch], Tensor] | None
 
@@ -55,28 +58,16 @@ def attention_gradients(
             "pass target as a callable (ModelOutput, TokenBatch) -> scalar"
         )
     spec = model.spec
-    patterns: dict[int, Tensor] = {}
-    values: dict[int, Tensor] = {}
-    zs: dict[int, Tensor] = {}
-
-    def keep(store: dict[int, Tensor], layer: int, detach: bool):
-        def hook(tensor: Tensor, hook: Any) -> Tensor:
-            if detach:
-                store[layer] = tensor.detach()
-            else:
-                tensor.retain_grad()
-                store[layer] = tensor
-            return tensor
-
-        return hook
-
-    hooks = []
-    for layer in range(spec.n_layers):
-        hooks.append((Site(layer, "pattern").hook_name, keep(patterns, layer, True)))
-        hooks.append((Site(layer, "v").hook_name, keep(values, layer, True)))
-        hooks.append((Site(layer, "z").hook_name, keep(zs, layer, False)))
+    patterns, values, zs = (layer_sites(c, spec.n_layers) for c in ("pattern", "v", "z"))
     with torch.enable_grad():
-        output = model.forward(batch, embedding=callable(target), hooks=hooks)
+        result = run(
+            model,
+            batch,
+            read=[*patterns, *values, *zs],
+            embedding=callable(target),
+            keep_graph=True,
+        )
+        output = result.output
         chosen: int | None = None
         if callable(target):
             scalar = target(output, batch)
@@ -89,18 +80,29 @@ def attention_gradients(
             if not 0 <= chosen < spec.d_vocab:
                 raise InputError(f"target token {chosen} is outside the vocabulary")
             scalar = last[chosen]
-        scalar.backward()
+        z_grads = torch.autograd.grad(scalar, [result[site] for site in zs], allow_unused=True)
     grads = []
-    for layer in range(spec.n_layers):
-        z_grad = zs[layer].grad  # [1, query, head, d_head]
-        if z_grad is None:
-            z_grad = torch.zeros_like(zs[layer])
-        v = values[layer].repeat_interleave(spec.group_size, dim=2)  # kv heads -> query heads
+    for layer, z_grad in enumerate(z_grads):
+        z = result[zs[layer]]
+        z_grad = torch.zeros_like(z) if z_grad is None else z_grad  # [1, query, head, d_head]
+        v = result[values[layer]].detach().repeat_interleave(spec.group_size, dim=2)
         grads.append(torch.einsum("bqhd,bkhd->bhqk", z_grad, v)[0])
-    pattern = torch.stack([patterns[layer][0] for layer in range(spec.n_layers)])
+    pattern = torch.stack([result[site].detach()[0] for site in patterns])
     return AttentionGradients(
         pattern=pattern.float(),
         gradient=torch.stack(grads).float(),
         target=chosen,
         value=float(scalar.detach()),
     )
+
+
+def relevance(
+    model: HeadscopeModel, inputs: Inputs | TokenBatch, target: Target = None
+) -> Float[Tensor, "query key"]:
+    """Relevance map of one prompt for `target` (default: the model's top
+    prediction at the last position; see `attention_gradients`): Ā_l =
+    mean_h[(∇A_l ⊙ A_l)⁺], R = I, then R ← R + Ā_l·R in forward layer order.
+    Row −1 is the relevance of each input token for that prediction; rows do
+    not sum to 1 (R ≥ I entrywise)."""
+    captured = attention_gradients(model, inputs, target)
+    return relevance_from_gradients(captured.pattern, captured.gradient)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from headscope.analyses.lost_in_middle import curve_gaps
-from headscope.analyses.position import position_curve  # the public name
 from headscope.errors import InputError
+from headscope.experiments.position import position_curve
 from headscope.models.toy_training import BOS_ID, WORD_RANGE
 
 MARK = 40  # a word id used as the "relevant item"

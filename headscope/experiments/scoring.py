@@ -1,0 +1,567 @@
+"""`score_heads`: the one entry point for head importance. The dashboard's
+Importance page, `headscope report` and the notebooks all call it, so a
+metric, a target span and a default mean the same thing everywhere.
+
+    scores = score_heads(model, [ScoringPrompt("red cat blue dog red cat blue dog")],
+                         methods=("ablation", "gradient"), metric="loss", target="auto")
+    scores.mean("ablation")     # [layer, head], higher = more important
+
+Each method's scores are oriented so that higher means more important
+(docs/methods.md §2):
+
+- `ablation`: zero ablation at z, one head at a time; the harm done to the
+  metric, sign·(metric(ablated) − metric(clean)) with sign +1 for a loss and
+  −1 for higher-is-better metrics. One unit per prompt; the signed change of
+  the metric itself is kept as `effect`.
+- `gradient`: Michel et al. 2019, |∂M_x/∂ξ_h| for each prompt x, normalised per
+  layer (L2 over the layer's heads) within each prompt, so every prompt weighs
+  the same in the mean. One unit per prompt.
+- `chg`: Causal Head Gating facilitation G⁻ (Nam et al. 2025), fitted once over
+  all the prompts with `chg_seeds` seeds and `chg_steps` Adam steps per phase;
+  the mean over seeds. One unit (labelled `group`).
+- `attribution`: attribution patching from each prompt's `corrupted` version
+  towards the clean one, as the fraction of the clean − corrupted metric gap a
+  head restores, to first order. One unit per prompt.
+
+The clean text of a prompt is `prompt + target`; the loss scores the tokens
+the target rule picks (`experiments.targets`). Scores are a deterministic
+function of (model, prompts, options): they are computed with one intra-op
+thread and a seeded generator, so the float reductions happen in the same
+order on every run, process and backend.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from headscope.errors import InputError
+from headscope.experiments.ablation import ablation_scores, clean_metric, pruning_curve
+from headscope.experiments.gating import CHGResult, causal_head_gating
+from headscope.experiments.gradients import gradient_importance
+from headscope.experiments.metrics import (
+    Metric,
+    MetricInfo,
+    embedding_cosine,
+    logit_difference,
+    metric_info,
+    next_token_loss,
+    resolve_metric,
+)
+from headscope.experiments.patching import attribution_patching
+from headscope.experiments.targets import TARGET_RULES, TargetRule, check_rule, resolve_targets
+from headscope.models.loading import HeadscopeModel
+from headscope.models.tokens import TokenBatch
+
+METHODS: tuple[str, ...] = ("ablation", "gradient", "chg", "attribution")
+#: Methods scored once per prompt; the others (CHG) once per call.
+PER_PROMPT: tuple[str, ...] = ("ablation", "gradient", "attribution")
+#: What a score of each method means.
+SCORE_MEANING: dict[str, str] = {
+    "ablation": "harm to the metric when the head's z is zeroed (higher: more important)",
+    "gradient": "Michel et al. 2019 |dM/d gate|, normalised per layer within each prompt",
+    "chg": "Causal Head Gating facilitation G- (mean over seeds)",
+    "attribution": "fraction of the clean - corrupted metric gap restored (attribution patching)",
+}
+#: The metrics score_heads supports (names from the metric vocabulary).
+SCORING_METRICS: tuple[str, ...] = ("loss", "logit_diff", "embedding_cosine")
+#: Causal Head Gating's regulariser weight λ.
+CHG_LAMBDA = 1.0
+
+ProgressReport = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class ScoringPrompt:
+    """One prompt and its optional companions: `target` (a continuation
+    appended to the prompt and scored by the loss), `corrupted` (for
+    attribution patching), `answer` and `wrong` (for the logit difference:
+    their first tokens), and a `label` naming it in results."""
+
+    prompt: str
+    target: str | None = None
+    corrupted: str | None = None
+    answer: str | None = None
+    wrong: str | None = None
+    label: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The clean text: prompt + target."""
+        return self.prompt + (self.target or "")
+
+
+@dataclass(frozen=True)
+class MethodScores:
+    """One method's scores `[unit, layer, head]` (float64, higher = more
+    important), the unit labels, what a score means, and for ablation the
+    signed change of the metric itself (`effect`, same shape)."""
+
+    method: str
+    scores: Float[Tensor, "unit layer head"]
+    units: tuple[str, ...]
+    meaning: str
+    effect: Float[Tensor, "unit layer head"] | None = None
+
+    @property
+    def mean(self) -> Float[Tensor, "layer head"]:
+        return self.scores.mean(0)
+
+
+@dataclass(frozen=True)
+class HeadScores:
+    """What `score_heads` returns: per method, the scores; and what they
+    measured: the metric (`metric`: name, direction, unit), the target rule
+    asked for and the rule each prompt resolved to with its number of scored
+    tokens (the support), the clean metric per prompt (the baseline), and the
+    Causal Head Gating fit when it ran."""
+
+    metric: MetricInfo
+    target: str
+    prompts: tuple[str, ...]
+    prompt_targets: tuple[str, ...]
+    target_tokens: tuple[int, ...]
+    clean: Float[Tensor, " prompt"]
+    methods: Mapping[str, MethodScores]
+    ablation_mode: str = "zero"
+    chg: CHGResult | None = field(default=None, repr=False)
+
+    def mean(self, method: str) -> Float[Tensor, "layer head"]:
+        """The mean over units of `method`'s scores."""
+        if method not in self.methods:
+            raise InputError(f"method {method!r} was not scored; scored: {list(self.methods)}")
+        return self.methods[method].mean
+
+    @property
+    def described(self) -> str:
+        """One line: the metric, which way is better, and what it scores."""
+        rules = sorted(set(self.prompt_targets))
+        return (
+            f"{self.metric.name} ({self.metric.description}; {self.metric.better}), target "
+            f"{self.target!r} → {', '.join(rules)}, {sum(self.target_tokens)} scored tokens "
+            f"over {len(self.prompts)} prompts"
+        )
+
+
+# -- prompts -> tokens ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """One prompt, tokenized: clean ids, the rule its targets came from and the
+    target marks, the corrupted ids, and the answer / wrong token ids."""
+
+    label: str
+    ids: list[int]
+    rule: str
+    targets: list[bool]
+    corrupted: list[int] | None
+    answer: int | None
+    wrong: int | None
+
+
+def _encode(model: HeadscopeModel, text: str) -> list[int]:
+    return model.tokenize(text, max_length=sys.maxsize).ids[0].tolist()
+
+
+def token_count(model: HeadscopeModel, text: str) -> int:
+    """Tokens of `text` as the model sees it (BOS included where the model prepends one)."""
+    return len(_encode(model, text))
+
+
+def _kept_positions(model: HeadscopeModel, ids: list[int], truncate: bool, label: str) -> list[int]:
+    """Positions of a row that fit the context: all of them, or, with
+    `truncate`, a prepended BOS and the last tokens (targets and answers sit at
+    the end); InputError otherwise."""
+    limit = model.spec.n_ctx
+    if len(ids) <= limit:
+        return list(range(len(ids)))
+    if not truncate:
+        raise InputError(f"{label} has {len(ids)} tokens; the model's context is {limit} tokens")
+    bos = model.spec.bos_token_id
+    if model.spec.prepends_bos and bos is not None and ids[0] == bos:
+        return [0, *range(len(ids) - limit + 1, len(ids))]
+    return list(range(len(ids) - limit, len(ids)))
+
+
+def _first_token(model: HeadscopeModel, text: str, field_name: str, label: str) -> int:
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise InputError(f"{label}: '{field_name}' {text!r} tokenizes to nothing")
+    return int(ids[0])
+
+
+def encode_prompt(
+    model: HeadscopeModel,
+    item: ScoringPrompt,
+    *,
+    metric: str,
+    target: TargetRule | None = "auto",
+    corrupted: bool = False,
+    truncate: bool = False,
+    label: str = "prompt",
+) -> EncodedPrompt:
+    """Tokenize one prompt for scoring (see `ScoringPrompt`, `experiments.targets`;
+    `target=None` marks no target, for callers that only need the tokens)."""
+    name = item.label or label
+    if not isinstance(item.prompt, str) or not item.prompt.strip():
+        raise InputError(f"{name}: the prompt is empty")
+    full = _encode(model, item.text)
+    continuation = None
+    if item.target:
+        prompt_ids = _encode(model, item.prompt)
+        common = 0
+        for a, b in zip(prompt_ids, full, strict=False):
+            if a != b:
+                break
+            common += 1
+        continuation = [position >= common for position in range(len(full))]
+    keep = _kept_positions(model, full, truncate, name)
+    ids = [full[i] for i in keep]
+    if continuation is not None:
+        continuation = [continuation[i] for i in keep]
+        if not any(continuation[1:]):
+            raise InputError(f"{name}: truncation left no target token")
+    rule, marks = "none", [False] * len(ids)
+    if target is not None:
+        try:
+            rule, marks = resolve_targets(target, ids, continuation)
+        except InputError as error:
+            raise InputError(f"{name}: {error}") from None
+    corrupted_ids = None
+    if corrupted:
+        if not item.corrupted:
+            raise InputError(f"{name}: attribution patching needs a 'corrupted' prompt")
+        whole = _encode(model, item.corrupted)
+        corrupted_ids = [whole[i] for i in _kept_positions(model, whole, truncate, name)]
+        if metric == "loss" and len(corrupted_ids) != len(ids):
+            raise InputError(
+                f"{name}: 'corrupted' has {len(corrupted_ids)} tokens and prompt + target "
+                f"{len(ids)}; attribution patching needs equal token lengths"
+            )
+    answer = wrong = None
+    if metric == "logit_diff":
+        answer = _first_token(model, item.answer or "", "answer", name)
+        wrong = _first_token(model, item.wrong or "", "wrong", name)
+    return EncodedPrompt(name, ids, rule, marks, corrupted_ids, answer, wrong)
+
+
+def _batch(model: HeadscopeModel, rows: Sequence[list[int]]) -> TokenBatch:
+    return model.batch_from_ids([list(row) for row in rows])
+
+
+def prompt_metric(metric: str, rows: Sequence[EncodedPrompt], batch: TokenBatch) -> Metric:
+    """The metric bound to the per-prompt data of `rows` (target marks, answer
+    ids), padded like `batch`."""
+    if metric == "loss":
+        targets = torch.zeros(batch.ids.shape, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            targets[i, : len(row.targets)] = torch.tensor(row.targets, dtype=torch.bool)
+        return next_token_loss(targets)
+    if metric == "logit_diff":
+        return logit_difference([row.answer for row in rows], [row.wrong for row in rows])
+    return embedding_cosine()
+
+
+def _attribution_metric(metric: str, row: EncodedPrompt, batch: TokenBatch) -> Metric:
+    bound = prompt_metric(metric, [row], batch)
+    if metric != "loss":
+        return bound
+    # The corrupted run is scored on the clean tokens (activation patching).
+    return next_token_loss(bound.per_prompt.get("targets"), labels=batch.ids)
+
+
+def check_prompts(prompts: Sequence[ScoringPrompt], methods: Sequence[str], metric: str) -> None:
+    """InputError when the metric or a method lacks a field it needs, naming
+    the method, the field and the prompts that lack it."""
+
+    def listed(items: list[int]) -> str:
+        names = [prompts[i].label or f"prompt {i}" for i in items]
+        return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+
+    if metric == "logit_diff":
+        for name in ("answer", "wrong"):
+            missing = [i for i, item in enumerate(prompts) if not getattr(item, name)]
+            if missing:
+                article = "an" if name == "answer" else "a"
+                raise InputError(
+                    f"metric 'logit_diff' (used by every method: {', '.join(methods)}) needs "
+                    f"{article} '{name}' string on every prompt; {len(missing)} prompt(s) "
+                    f"have none ({listed(missing)})"
+                )
+    if "attribution" in methods:
+        missing = [i for i, item in enumerate(prompts) if not item.corrupted]
+        if missing:
+            others = ",".join(m for m in methods if m != "attribution") or "ablation"
+            raise InputError(
+                f"method 'attribution' needs a 'corrupted' prompt on every line; "
+                f"{len(missing)} prompt(s) have none ({listed(missing)}); add them or "
+                f"run --methods {others}"
+            )
+
+
+def check_options(
+    model: HeadscopeModel, methods: Sequence[str], metric: str, target: str
+) -> tuple[tuple[str, ...], MetricInfo]:
+    """Validated (methods, metric entry): known names, and a metric the model can compute."""
+    chosen = tuple(methods)
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise InputError(
+            f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}"
+            if unknown
+            else "choose at least one method"
+        )
+    info = metric_info(metric)
+    if info.name not in SCORING_METRICS:
+        raise InputError(
+            f"metric {info.name!r} is not a head-scoring metric; choose from "
+            f"{', '.join(SCORING_METRICS)}"
+        )
+    if info.needs_lm_head and not model.spec.has_lm_head:
+        raise InputError(
+            f"metric {info.name!r} needs a trained LM head, and {model.spec.name} has none "
+            "(its logits mean nothing); use embedding_cosine"
+        )
+    check_rule(target)
+    return chosen, info
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """One intra-op thread and a seeded global generator (both restored after):
+    the same inputs give bit-identical scores in every process and backend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def score_heads(
+    model: HeadscopeModel,
+    prompts: Sequence[ScoringPrompt | str],
+    methods: Sequence[str] = ("ablation", "gradient"),
+    metric: str = "loss",
+    target: TargetRule = "auto",
+    *,
+    chg_seeds: int = 5,
+    chg_steps: int = 100,
+    ablation_mode: str = "zero",
+    truncate: bool = False,
+    seed: int = 0,
+    group: str = "all",
+    progress: ProgressReport | None = None,
+) -> HeadScores:
+    """Score every head of `model` on `prompts` with each of `methods` (see the
+    module docstring for what each score means and how it is oriented).
+
+    `metric`: "loss" (over the target tokens; needs a trained LM head),
+    "logit_diff" (needs `answer` and `wrong` on every prompt) or
+    "embedding_cosine" (encoders). `target`: the target rule of
+    `experiments.targets` ("auto" by default). `ablation_mode`: "zero" or
+    "mean" (z ← its per-position mean over the prompts). `truncate`: keep the
+    last tokens of a prompt longer than the context instead of refusing it.
+    `seed` seeds CHG's initial gates; `group` labels CHG's single unit.
+    `progress(done, total, label)` is called as the work advances.
+
+    Cost for P prompts and H heads: ablation ⌈P·H/16⌉ forwards; gradient P
+    forward+backward passes; attribution 2P forwards and P backwards; CHG
+    2·chg_steps forward+backward passes over 2·chg_seeds·P sequences at most.
+    """
+    chosen, info = check_options(model, methods, metric, target)
+    items = [p if isinstance(p, ScoringPrompt) else ScoringPrompt(p) for p in prompts]
+    if not items:
+        raise InputError("no prompts given")
+    check_prompts(items, chosen, info.name)
+    if ablation_mode not in ("zero", "mean"):
+        raise InputError(f"unknown ablation mode {ablation_mode!r}; choose 'zero' or 'mean'")
+    report = progress or (lambda done, total, label: None)
+    rows = [
+        encode_prompt(
+            model,
+            item,
+            metric=info.name,
+            target=target,
+            corrupted="attribution" in chosen,
+            truncate=truncate,
+            label=f"prompt {i}",
+        )
+        for i, item in enumerate(items)
+    ]
+    labels = tuple(item.label or f"prompt-{i}" for i, item in enumerate(items))
+    stage_total = len(chosen) * 100
+    results: dict[str, MethodScores] = {}
+    chg: CHGResult | None = None
+    with deterministic(seed):
+        clean_batch = _batch(model, [row.ids for row in rows])
+        bound = resolve_metric(model, prompt_metric(info.name, rows, clean_batch), clean_batch)
+        clean = clean_metric(model, clean_batch, metric=bound)
+        for stage, method in enumerate(chosen):
+            base = stage * 100
+            report(base, stage_total, f"{method}…")
+            if method == "ablation":
+                effect = ablation_scores(
+                    model,
+                    clean_batch,
+                    metric=bound,
+                    mode=ablation_mode,  # type: ignore[arg-type]
+                    per_prompt=True,
+                )
+                results[method] = MethodScores(
+                    method, bound.sign * effect, labels, SCORE_MEANING[method], effect=effect
+                )
+            elif method == "gradient":
+                per_prompt = []
+                for i, row in enumerate(rows):
+                    one = _batch(model, [row.ids])
+                    metric_one = prompt_metric(info.name, [row], one)
+                    per_prompt.append(gradient_importance(model, one, metric=metric_one))
+                    report(base + 100 * (i + 1) // len(rows), stage_total, "gradient…")
+                results[method] = MethodScores(
+                    method, torch.stack(per_prompt).double(), labels, SCORE_MEANING[method]
+                )
+            elif method == "chg":
+
+                def step(done: int, total: int, base: int = base) -> None:
+                    report(
+                        base + 100 * done // max(1, total),
+                        stage_total,
+                        f"causal head gating: step {done}/{total}",
+                    )
+
+                chg = causal_head_gating(
+                    model,
+                    clean_batch,
+                    metric=bound,
+                    seeds=chg_seeds,
+                    steps=chg_steps,
+                    lam=CHG_LAMBDA,
+                    seed=seed,
+                    progress=False,
+                    callback=step,
+                )
+                results[method] = MethodScores(
+                    method, chg.facilitation[None].double(), (group,), SCORE_MEANING[method]
+                )
+            else:  # attribution
+                per_prompt = []
+                for i, row in enumerate(rows):
+                    per_prompt.append(_attribution(model, info.name, row))
+                    report(base + 100 * (i + 1) // len(rows), stage_total, "attribution…")
+                results[method] = MethodScores(
+                    method, torch.stack(per_prompt).double(), labels, SCORE_MEANING[method]
+                )
+    report(stage_total, stage_total, "done")
+    return HeadScores(
+        metric=info,
+        target=target,
+        prompts=labels,
+        prompt_targets=tuple(row.rule for row in rows),
+        target_tokens=tuple(sum(row.targets) for row in rows),
+        clean=clean,
+        methods={name: _detached(scores) for name, scores in results.items()},
+        ablation_mode=ablation_mode,
+        chg=chg,
+    )
+
+
+def _detached(scores: MethodScores) -> MethodScores:
+    effect = None if scores.effect is None else scores.effect.detach().cpu().contiguous()
+    return MethodScores(
+        scores.method,
+        scores.scores.detach().cpu().contiguous(),
+        scores.units,
+        scores.meaning,
+        effect,
+    )
+
+
+def _attribution(model: HeadscopeModel, metric: str, row: EncodedPrompt) -> Tensor:
+    assert row.corrupted is not None  # encode_prompt(corrupted=True)
+    clean = _batch(model, [row.ids])
+    corrupted = _batch(model, [row.corrupted])
+    try:
+        return attribution_patching(
+            model, clean, corrupted, _attribution_metric(metric, row, clean)
+        )
+    except InputError as error:
+        raise InputError(f"attribution on {row.label}: {error}") from None
+
+
+def pruning_curves(
+    model: HeadscopeModel,
+    prompts: Sequence[ScoringPrompt | str],
+    orders: Mapping[str, Float[Tensor, "layer head"]],
+    metric: str = "loss",
+    target: TargetRule = "auto",
+    *,
+    ablation_mode: str = "zero",
+    truncate: bool = False,
+) -> tuple[list[float], dict[str, list[float]], float]:
+    """Greedy pruning curves (Michel et al. 2019): for each named importance
+    map `[layer, head]` (higher = more important; NaN = least), the metric
+    (mean over prompts, same metric and targets as `score_heads`) after
+    ablating the least important 0, 10, …, 100% of heads. Returns (fractions,
+    {name: values}, the clean metric)."""
+    _, info = check_options(model, ["ablation"], metric, target)
+    items = [p if isinstance(p, ScoringPrompt) else ScoringPrompt(p) for p in prompts]
+    if not items:
+        raise InputError("no prompts given")
+    rows = [
+        encode_prompt(
+            model, item, metric=info.name, target=target, truncate=truncate, label=f"prompt {i}"
+        )
+        for i, item in enumerate(items)
+    ]
+    curves: dict[str, list[float]] = {}
+    fractions: list[float] = []
+    with deterministic(0):
+        batch = _batch(model, [row.ids for row in rows])
+        bound = resolve_metric(model, prompt_metric(info.name, rows, batch), batch)
+        for name, order in orders.items():
+            ranked = torch.nan_to_num(order.double(), nan=-torch.inf)
+            fraction_tensor, values = pruning_curve(
+                model,
+                batch,
+                ranked,
+                metric=bound,
+                mode=ablation_mode,  # type: ignore[arg-type]
+            )
+            fractions = [float(f) for f in fraction_tensor]
+            curves[name] = [float(v) for v in values]
+        clean = float(clean_metric(model, batch, metric=bound).mean())
+    return fractions, curves, clean
+
+
+__all__ = [
+    "METHODS",
+    "PER_PROMPT",
+    "SCORE_MEANING",
+    "SCORING_METRICS",
+    "TARGET_RULES",
+    "EncodedPrompt",
+    "HeadScores",
+    "MethodScores",
+    "ScoringPrompt",
+    "check_options",
+    "check_prompts",
+    "deterministic",
+    "encode_prompt",
+    "prompt_metric",
+    "pruning_curves",
+    "score_heads",
+    "token_count",
+]
