@@ -129,9 +129,16 @@ def _browser():
     RemoteConnection.set_timeout(120)  # selenium 3.141 + urllib3 2 (see tests/dashboard)
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1400,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options)
     driver.set_script_timeout(120)
@@ -188,8 +195,10 @@ def measure(model_name: str, tokens: int, submits: int, switches: int, seed: int
         previous = first
         for _ in range(submits):
             prompt = _prompt(session, words, tokens, rng)
-            while prompt == previous or session.tokenize(prompt).tokens[0][1] == (
-                session.tokenize(previous).tokens[0][1]
+            while (
+                prompt == previous
+                or session.tokenize(prompt).tokens[0][1]
+                == (session.tokenize(previous).tokens[0][1])
             ):
                 prompt = _prompt(session, words, tokens, rng)
             batch_tokens = session.tokenize(prompt).tokens[0]
@@ -250,14 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring {name} at {args.tokens} tokens…", flush=True)
         rows.append(measure(name, args.tokens, args.submits, args.switches, args.seed))
 
-    header = (f"{'model':<15}{'tokens':>7}{'submit median':>15}{'submit p95':>12}"
-              f"{'switch median':>15}{'switch p95':>12}{'switch max':>12}")
+    header = (
+        f"{'model':<15}{'tokens':>7}{'submit median':>15}{'submit p95':>12}"
+        f"{'switch median':>15}{'switch p95':>12}{'switch max':>12}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for row in rows:
         submit, switch = row["submit"], row["head_switch"]
-        print(f"{row['model']:<15}{row['tokens']:>7}{submit['median_ms']:>13.0f}ms"
-              f"{submit['p95_ms']:>10.0f}ms{switch['median_ms']:>13.0f}ms"
-              f"{switch['p95_ms']:>10.0f}ms{switch['max_ms']:>10.0f}ms")
+        print(
+            f"{row['model']:<15}{row['tokens']:>7}{submit['median_ms']:>13.0f}ms"
+            f"{submit['p95_ms']:>10.0f}ms{switch['median_ms']:>13.0f}ms"
+            f"{switch['p95_ms']:>10.0f}ms{switch['max_ms']:>10.0f}ms"
+        )
     worst = max(row["head_switch"]["p95_ms"] for row in rows)
     verdict = "meets" if worst < TARGET_SWITCH_P95_MS else "misses"
     print(f"\nhead switch p95 {worst:.0f} ms {verdict} the {TARGET_SWITCH_P95_MS:.0f} ms target")
@@ -266,21 +279,30 @@ def main(argv: list[str] | None = None) -> int:
     import plotly
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "benchmark": "dashboard",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "versions": {"dash": dash.__version__, "plotly": plotly.__version__,
-                     "torch": torch.__version__},
-        "target_head_switch_p95_ms": TARGET_SWITCH_P95_MS,
-        "results": rows,
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "dashboard",
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "platform": platform.platform(),
+                    "python": sys.version.split()[0],
+                    "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg(),
+                    "torch_threads": torch.get_num_threads(),
+                },
+                "versions": {
+                    "dash": dash.__version__,
+                    "plotly": plotly.__version__,
+                    "torch": torch.__version__,
+                },
+                "target_head_switch_p95_ms": TARGET_SWITCH_P95_MS,
+                "results": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {RESULTS.relative_to(ROOT.parent)}")
     return 0
 

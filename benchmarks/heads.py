@@ -129,11 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from headscope.analyses.heads import (
-        ablation_scores,
-        causal_head_gating,
-        gradient_importance,
-    )
+    from headscope.experiments.ablation import ablation_scores
+    from headscope.experiments.gating import causal_head_gating
+    from headscope.experiments.gradients import gradient_importance
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp), args.layers, args.heads, args.width)

@@ -1,4 +1,4 @@
-"""Position bias from the attention mask, and attention sinks (METHODS.md §3).
+"""Position bias from the attention mask, and attention sinks (docs/methods.md §3).
 
 - Position-bias graphs (Wu, Wang, Jegelka, Jadbabaie 2025, "On the Emergence of Position
   Bias in Transformers"): the mask is a directed graph, and the cumulative influence
@@ -16,14 +16,17 @@ in float64 and returned as float64 tensors.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import networkx as nx
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from headscope._deprecated import moved
 from headscope.analyses.checks import check_pattern
+from headscope.analyses.flow import rollout
+from headscope.errors import InputError
 
 __all__ = [
     "MaskKind",
@@ -54,13 +57,13 @@ _PARAMS: dict[str, frozenset[str]] = {
 def _mask_and_scores(kind: str, n: int, params: dict[str, float]) -> tuple[Tensor, Tensor]:
     """Boolean mask ``[query key]`` and additive scores (0, or −(i−j)·m for decay)."""
     if kind not in _KINDS:
-        raise ValueError(f"unknown mask kind {kind!r}; expected one of {', '.join(_KINDS)}")
+        raise InputError(f"unknown mask kind {kind!r}; expected one of {', '.join(_KINDS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int number of tokens, got {n!r}")
+        raise InputError(f"n must be a positive int number of tokens, got {n!r}")
     unknown = set(params) - _PARAMS[kind]
     if unknown:
         allowed = ", ".join(sorted(_PARAMS[kind])) or "none"
-        raise ValueError(
+        raise InputError(
             f"unknown parameter(s) {', '.join(sorted(unknown))} for mask {kind!r} "
             f"(allowed: {allowed})"
         )
@@ -75,24 +78,24 @@ def _mask_and_scores(kind: str, n: int, params: dict[str, float]) -> tuple[Tenso
     elif kind == "sliding_window":
         window = params.get("window")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"sliding_window needs an int window >= 1, got {window!r}")
+            raise InputError(f"sliding_window needs an int window >= 1, got {window!r}")
         mask = causal & (query - key < window)
     elif kind == "prefix":
         prefix = params.get("prefix")
         if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix <= n:
-            raise ValueError(f"prefix needs an int prefix length in [0, {n}], got {prefix!r}")
+            raise InputError(f"prefix needs an int prefix length in [0, {n}], got {prefix!r}")
         mask = causal | ((query < prefix) & (key < prefix))
     else:
         if ("m" in params) == ("gamma" in params):
-            raise ValueError("decay needs exactly one of m (slope >= 0) or gamma (in (0, 1])")
+            raise InputError("decay needs exactly one of m (slope >= 0) or gamma (in (0, 1])")
         if "m" in params:
             slope = float(params["m"])
             if not math.isfinite(slope) or slope < 0:
-                raise ValueError(f"decay slope m must be finite and >= 0, got {params['m']!r}")
+                raise InputError(f"decay slope m must be finite and >= 0, got {params['m']!r}")
         else:
             gamma = float(params["gamma"])
             if not 0 < gamma <= 1:
-                raise ValueError(f"decay gamma must be in (0, 1], got {params['gamma']!r}")
+                raise InputError(f"decay gamma must be in (0, 1], got {params['gamma']!r}")
             slope = -math.log(gamma)
         mask = causal
         scores = -(query - key).to(torch.float64) * slope
@@ -113,7 +116,7 @@ def mask_graph(kind: MaskKind, n: int, **params: float) -> nx.DiGraph:
     - ``"decay"`` (``m >= 0`` or ``gamma = e^(−m)`` in (0, 1]): causal with ALiBi-like
       weights ``γ^(i−j)``.
 
-    Raises ValueError for an unknown kind, unknown or invalid parameters. Memory O(n²).
+    Raises InputError for an unknown kind, unknown or invalid parameters. Memory O(n²).
     """
     mask, scores = _mask_and_scores(kind, n, params)
     graph = nx.DiGraph()
@@ -146,22 +149,21 @@ def _layer_stack(
     | Float[Tensor, "layer query key"]
     | Float[Tensor, "query key"],
     n_layers: int | None,
-) -> Float[Tensor, "layer query key"]:
+) -> Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"]:
+    """The validated input as a layer stack (a single map repeated ``n_layers`` times as an
+    expanded view, no copy); heads are left for :func:`flow.rollout` to average."""
     check_pattern(attention, name="attention")
-    a64 = attention.detach().to(torch.float64)
-    if a64.dim() == 2:
+    if attention.dim() == 2:
         if n_layers is None:
-            raise ValueError("a single [query key] attention needs n_layers= to repeat it")
+            raise InputError("a single [query key] attention needs n_layers= to repeat it")
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
-        return a64.expand(n_layers, *a64.shape)
+            raise InputError(f"n_layers must be a positive int, got {n_layers!r}")
+        return attention.expand(n_layers, *attention.shape)
     if n_layers is not None:
-        raise ValueError("n_layers only applies to a single [query key] attention matrix")
-    if a64.dim() == 3:
-        return a64
-    if a64.dim() == 4:
-        return a64.mean(dim=1)
-    raise ValueError(
+        raise InputError("n_layers only applies to a single [query key] attention matrix")
+    if attention.dim() in (3, 4):
+        return attention
+    raise InputError(
         "attention must be [query key], [layer query key] or [layer head query key], got "
         f"shape {tuple(attention.shape)}"
     )
@@ -177,27 +179,20 @@ def cumulative_influence(
 ) -> Float[Tensor, "layer query key"]:
     """Cumulative influence ``P^(t) = Ã^(t)···Ã^(1)`` after each layer (Wu et al. 2025).
 
-    ``residual=None`` uses the attention as is (``Ã = A``, the paper's convention: rollout
-    without the residual); ``residual=r`` uses ``Ã = r·I + (1 − r)·A`` as in attention
-    rollout. Input: ``[layer query key]``, ``[layer head query key]`` (heads averaged) or one
-    ``[query key]`` matrix repeated ``n_layers`` times. Known answer: uniform causal
-    attention gives ``P^(t)[1, 0] = 1 − 2^(−t)``. Rows sum to 1. Memory O(L·N²), time
-    O(L·N³).
+    This is :func:`headscope.analyses.flow.rollout` (Abnar & Zuidema 2020) with
+    ``Ã = r·I + (1 − r)·A``: ``residual=None`` uses the attention as is (``r = 0``, the
+    paper's convention: rollout without the residual); ``residual=r`` mixes in the
+    identity as attention rollout does. Input: ``[layer query key]``,
+    ``[layer head query key]`` (heads averaged) or one ``[query key]`` matrix repeated
+    ``n_layers`` times. Known answer: uniform causal attention gives
+    ``P^(t)[1, 0] = 1 − 2^(−t)``. Rows sum to 1. Memory O(L·N²), time O(L·N³).
     """
     stack = _layer_stack(attention, n_layers)
     if residual is not None:
         residual = float(residual)
         if not 0.0 <= residual <= 1.0:
-            raise ValueError(f"residual must be None or in [0, 1], got {residual}")
-        eye = torch.eye(stack.shape[-1], dtype=torch.float64, device=stack.device)
-        stack = residual * eye + (1.0 - residual) * stack
-    out = torch.empty_like(stack)
-    current = stack[0]
-    out[0] = current
-    for layer in range(1, stack.shape[0]):
-        current = stack[layer] @ current
-        out[layer] = current
-    return out
+            raise InputError(f"residual must be None or in [0, 1], got {residual}")
+    return rollout(stack, 0.0 if residual is None else residual)
 
 
 def influence_by_distance(
@@ -222,13 +217,13 @@ def influence_by_distance(
     """
     if not isinstance(influence, Tensor) or influence.dim() not in (2, 3):
         shape = tuple(influence.shape) if isinstance(influence, Tensor) else type(influence)
-        raise ValueError(f"influence must be [layer query key] or [query key], got {shape}")
+        raise InputError(f"influence must be [layer query key] or [query key], got {shape}")
     if influence.shape[-1] != influence.shape[-2]:
-        raise ValueError(
+        raise InputError(
             f"influence must be square in (query, key), got shape {tuple(influence.shape)}"
         )
     if not torch.isfinite(influence).all():
-        raise ValueError("influence contains NaN or infinite values")
+        raise InputError("influence contains NaN or infinite values")
     single = influence.dim() == 2
     p64 = influence.detach().to(torch.float64)
     if single:
@@ -273,10 +268,10 @@ def most_influential_distance(
         distance = torch.arange(curve.shape[-1], device=curve.device)
         return torch.where(near, distance, -1).max(dim=-1).values
     if not isinstance(influence, Tensor) or influence.dim() not in (2, 3):
-        raise ValueError("influence must be [layer query key] or [query key]")
+        raise InputError("influence must be [layer query key] or [query key]")
     n = influence.shape[-1]
     if not -n <= query < n:
-        raise ValueError(f"query {query} out of range for {n} tokens")
+        raise InputError(f"query {query} out of range for {n} tokens")
     query = query % n
     row = influence[..., query, :].detach().to(torch.float64)
     near = row >= row.max(dim=-1, keepdim=True).values * (1 - _TIE)
@@ -309,7 +304,7 @@ def sink_scores(
     """
     if not isinstance(pattern, Tensor) or pattern.dim() not in (4, 5):
         shape = tuple(pattern.shape) if isinstance(pattern, Tensor) else type(pattern)
-        raise ValueError(
+        raise InputError(
             f"pattern must be [layer head query key] or [batch layer head query key], got {shape}"
         )
     check_pattern(pattern, min_dims=4, allow_zero_rows=lengths is not None)
@@ -317,18 +312,18 @@ def sink_scores(
     p64 = pattern.detach().to(torch.float64)
     if not batched:
         if lengths is not None:
-            raise ValueError("lengths needs a [batch layer head query key] pattern")
+            raise InputError("lengths needs a [batch layer head query key] pattern")
         p64 = p64[None]
     n_batch, n = p64.shape[0], p64.shape[-1]
     device = p64.device
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dim() not in (2, 3) or mask.shape[-2:] != (n, n):
-            raise ValueError(f"mask must be a boolean [query key] or [batch query key] of size {n}")
+            raise InputError(f"mask must be a boolean [query key] or [batch query key] of size {n}")
         visible = mask.to(device=device, dtype=torch.bool)
         if visible.dim() == 2:
             visible = visible.expand(n_batch, n, n)
         elif visible.shape[0] != n_batch:
-            raise ValueError(f"mask batch size {visible.shape[0]} != pattern batch {n_batch}")
+            raise InputError(f"mask batch size {visible.shape[0]} != pattern batch {n_batch}")
     else:
         base = torch.ones(n, n, dtype=torch.bool, device=device)
         if causal:
@@ -337,7 +332,7 @@ def sink_scores(
     if lengths is not None:
         lengths = torch.as_tensor(lengths, device=device)
         if lengths.shape != (n_batch,) or (lengths < 1).any() or (lengths > n).any():
-            raise ValueError(f"lengths must be [batch] = ({n_batch},) with values in [1, {n}]")
+            raise InputError(f"lengths must be [batch] = ({n_batch},) with values in [1, {n}]")
         position = torch.arange(n, device=device)
         real = position[None, :] < lengths[:, None]
         visible = visible & real[:, :, None] & real[:, None, :]
@@ -364,7 +359,7 @@ def sink_heads(
     scores = sink_scores(pattern, causal=causal, mask=mask, lengths=lengths)
     n = scores.shape[-1]
     if not -n <= key < n:
-        raise ValueError(f"key {key} out of range for {n} tokens")
+        raise InputError(f"key {key} out of range for {n} tokens")
     alpha = scores[..., key]
     if alpha.dim() == 3:
         alpha = alpha.nanmean(dim=0)
@@ -372,10 +367,4 @@ def sink_heads(
     return [(int(layer), int(head)) for layer, head in hits]
 
 
-def position_curve(model: Any, prompts: Any, positions: Any, metric: Any) -> Any:
-    """A lost-in-the-middle curve: `metric` against the position of the relevant
-    item, with first − middle and last − middle gaps (`analyses.lost_in_middle`,
-    which holds the implementation and the `PositionCurve` result)."""
-    from headscope.analyses.lost_in_middle import position_curve as _position_curve
-
-    return _position_curve(model, prompts, positions, metric)
+__getattr__ = moved(__name__, {"position_curve": "headscope.experiments.position:position_curve"})

@@ -48,6 +48,4 @@ def background_manager(session: ModelSession, cache_dir: str | Path | None = Non
         Path(folder).mkdir(parents=True, exist_ok=True)
     cache = diskcache.Cache(folder)
     model_key = session.name
-    return ForkSafeDiskcacheManager(
-        session, cache, cache_by=[lambda: model_key], expire=3600
-    )
+    return ForkSafeDiskcacheManager(session, cache, cache_by=[lambda: model_key], expire=3600)

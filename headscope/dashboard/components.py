@@ -56,15 +56,23 @@ def token_chips(
         style = {}
         if weights is not None and top > 0:
             alpha = max(0.0, min(1.0, weights[i] / top))
-            style = {"background": f"rgba(31, 95, 168, {alpha:.3f})",
-                     "color": "#ffffff" if alpha > 0.55 else "#1d2330"}
+            style = {
+                "background": f"rgba(31, 95, 168, {alpha:.3f})",
+                "color": "#ffffff" if alpha > 0.55 else "#1d2330",
+            }
         title = f"{i}: {token!r}" + (f" — {weights[i]:.4f}" if weights is not None else "")
         content = [html.Span(str(i), className="hs-index"), display_token(token)]
         class_name = "hs-token" + (" hs-token-query" if query == i else "")
         if button_type:
             chips.append(
-                html.Button(content, id={"type": button_type, "index": i}, className=class_name,
-                            style=style, title=title, n_clicks=0)
+                html.Button(
+                    content,
+                    id={"type": button_type, "index": i},
+                    className=class_name,
+                    style=style,
+                    title=title,
+                    n_clicks=0,
+                )
             )
         else:
             chips.append(html.Span(content, className=class_name, style=style, title=title))
@@ -87,8 +95,13 @@ def progress_block(prefix: str) -> html.Div:
         [
             html.Progress(id=f"{prefix}-progress", value="0", max="1"),
             html.Span("starting…", id=f"{prefix}-progress-label", className="hs-muted"),
-            html.Button("Cancel", id=f"{prefix}-cancel", className="hs-button hs-button-quiet",
-                        disabled=True, n_clicks=0),
+            html.Button(
+                "Cancel",
+                id=f"{prefix}-cancel",
+                className="hs-button hs-button-quiet",
+                disabled=True,
+                n_clicks=0,
+            ),
         ],
         id=f"{prefix}-progress-block",
         className="hs-progress",

@@ -38,24 +38,35 @@ def layout() -> list:
             html.Div(
                 [
                     html.Div(
-                        [html.Label("query token", htmlFor="flow-query"),
-                         dcc.Dropdown(id="flow-query", clearable=False, style={"width": "260px"})],
+                        [
+                            html.Label("query token", htmlFor="flow-query"),
+                            dcc.Dropdown(
+                                id="flow-query", clearable=False, style={"width": "260px"}
+                            ),
+                        ],
                         className="hs-control",
                     ),
                     html.Div(
-                        [html.Label("residual weight α", htmlFor="flow-residual"),
-                         dcc.Dropdown(id="flow-residual", clearable=False, value=0.5,
-                                      options=[{"label": f"{r:g}", "value": r}
-                                               for r in RESIDUALS],
-                                      style={"width": "120px"})],
+                        [
+                            html.Label("residual weight α", htmlFor="flow-residual"),
+                            dcc.Dropdown(
+                                id="flow-residual",
+                                clearable=False,
+                                value=0.5,
+                                options=[{"label": f"{r:g}", "value": r} for r in RESIDUALS],
+                                style={"width": "120px"},
+                            ),
+                        ],
                         className="hs-control",
                     ),
                 ],
                 className="hs-controls",
             ),
             progress_block("flow"),
-            html.Div("Click a token to make it the query. Shading: attention flow to it.",
-                     className="hs-note"),
+            html.Div(
+                "Click a token to make it the query. Shading: attention flow to it.",
+                className="hs-note",
+            ),
             html.Div(id="flow-tokens", className="hs-tokens"),
         ),
         card(None, graph("flow-figure", message="Computing…", height=560)),
@@ -117,8 +128,9 @@ def flow_outputs(
         title=f"Query {q}: {display_token(tokens[q])}  ·  baseline: uniform {kind} attention",
     )
     shade = series.get("attention flow", series.get("attention rollout", raw))
-    chips = token_chips(tokens, weights=[float(v) for v in shade], query=q,
-                        button_type="flow-token")
+    chips = token_chips(
+        tokens, weights=[float(v) for v in shade], query=q, button_type="flow-token"
+    )
     message = alert("; ".join(dict.fromkeys(problems)), kind="info") if problems else None
     return figure, chips, message
 

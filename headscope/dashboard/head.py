@@ -38,19 +38,31 @@ def layout() -> list:
             [
                 html.Div(
                     [
-                        card(None, graph("head-map", message="Computing…", height=600),
-                             html.Div(id="head-exact", className="hs-exact")),
+                        card(
+                            None,
+                            graph("head-map", message="Computing…", height=600),
+                            html.Div(id="head-exact", className="hs-exact"),
+                        ),
                     ]
                 ),
                 html.Div(
                     [
-                        card("Heads", html.Div(id="head-picker", className="hs-picker"),
-                             note="Rows are layers."),
+                        card(
+                            "Heads",
+                            html.Div(id="head-picker", className="hs-picker"),
+                            note="Rows are layers.",
+                        ),
                         card("Statistics", html.Div(id="head-stats")),
-                        card("Taxonomy scores", html.Div(id="head-taxonomy"),
-                             note="Attention mass on each ideal pattern (1 = pure)."),
-                        card("QK / OV spectra", graph("head-spectra", height=300),
-                             note="Singular values of W_Q·W_Kᵀ and W_V·W_O for this head."),
+                        card(
+                            "Taxonomy scores",
+                            html.Div(id="head-taxonomy"),
+                            note="Attention mass on each ideal pattern (1 = pure).",
+                        ),
+                        card(
+                            "QK / OV spectra",
+                            graph("head-spectra", height=300),
+                            note="Singular values of W_Q·W_Kᵀ and W_V·W_O for this head.",
+                        ),
                     ]
                 ),
             ],
@@ -121,11 +133,16 @@ def head_side(session: ModelSession, pathname: str | None, store: dict | None) -
         scores = results.taxonomy_scores(state)
         labels, _ = results.taxonomy_labels(state)
         taxonomy = [
-            html.Div(f"label: {labels[layer][head].replace('_', ' ')}",
-                     className="hs-metric", style={"marginBottom": "6px"}),
+            html.Div(
+                f"label: {labels[layer][head].replace('_', ' ')}",
+                className="hs-metric",
+                style={"marginBottom": "6px"},
+            ),
             stats_table(
-                [(name.replace("_", " "), f"{float(value[layer, head]):.3f}")
-                 for name, value in scores.items()]
+                [
+                    (name.replace("_", " "), f"{float(value[layer, head]):.3f}")
+                    for name, value in scores.items()
+                ]
             ),
         ]
     except Exception as error:
@@ -156,9 +173,7 @@ def exact_values(
         for q, qt, k, kt, w in entries
     ]
     header = (
-        "exact weight"
-        if factor == 1
-        else f"largest exact weights in this {factor}×{factor} block"
+        "exact weight" if factor == 1 else f"largest exact weights in this {factor}×{factor} block"
     )
     return header + "\n" + "\n".join(lines)
 

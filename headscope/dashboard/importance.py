@@ -63,11 +63,20 @@ def layout(session: ModelSession) -> list:
             html.Div(
                 [
                     html.Div(
-                        [html.Label("prompt set (one per line)", htmlFor="imp-prompts"),
-                         dcc.Textarea(id="imp-prompts", value="\n".join(prompt_set(spec)),
-                                      spellCheck=False,
-                                      style={"width": "520px", "height": "118px",
-                                             "fontFamily": "var(--hs-mono)", "fontSize": "12px"})],
+                        [
+                            html.Label("prompt set (one per line)", htmlFor="imp-prompts"),
+                            dcc.Textarea(
+                                id="imp-prompts",
+                                value="\n".join(prompt_set(spec)),
+                                spellCheck=False,
+                                style={
+                                    "width": "520px",
+                                    "height": "118px",
+                                    "fontFamily": "var(--hs-mono)",
+                                    "fontSize": "12px",
+                                },
+                            ),
+                        ],
                         className="hs-control",
                     ),
                     html.Div(
@@ -77,31 +86,39 @@ def layout(session: ModelSession) -> list:
                                 id="imp-methods",
                                 options=[
                                     {"label": " single-head ablation", "value": "ablation"},
-                                    {"label": " gradient importance (Michel)",
-                                     "value": "gradient"},
+                                    {"label": " gradient importance (Michel)", "value": "gradient"},
                                     {"label": " causal head gating (CHG)", "value": "chg"},
                                 ],
                                 value=["ablation", "gradient"],
                             ),
                             html.Label("ablation"),
-                            dcc.RadioItems(id="imp-mode", value="zero", inline=True,
-                                           options=[{"label": f" {m} ", "value": m}
-                                                    for m in ABLATION_MODES]),
+                            dcc.RadioItems(
+                                id="imp-mode",
+                                value="zero",
+                                inline=True,
+                                options=[{"label": f" {m} ", "value": m} for m in ABLATION_MODES],
+                            ),
                         ],
                         className="hs-control",
                     ),
                     html.Div(
                         [
                             html.Label("CHG seeds", htmlFor="imp-seeds"),
-                            dcc.Dropdown(id="imp-seeds", value=3, clearable=False,
-                                         options=[{"label": str(s), "value": s}
-                                                  for s in SEED_CHOICES],
-                                         style={"width": "100px"}),
+                            dcc.Dropdown(
+                                id="imp-seeds",
+                                value=3,
+                                clearable=False,
+                                options=[{"label": str(s), "value": s} for s in SEED_CHOICES],
+                                style={"width": "100px"},
+                            ),
                             html.Label("CHG steps per phase", htmlFor="imp-steps"),
-                            dcc.Dropdown(id="imp-steps", value=DEFAULT_STEPS, clearable=False,
-                                         options=[{"label": str(s), "value": s}
-                                                  for s in STEP_CHOICES],
-                                         style={"width": "100px"}),
+                            dcc.Dropdown(
+                                id="imp-steps",
+                                value=DEFAULT_STEPS,
+                                clearable=False,
+                                options=[{"label": str(s), "value": s} for s in STEP_CHOICES],
+                                style={"width": "100px"},
+                            ),
                         ],
                         className="hs-control",
                     ),
@@ -113,22 +130,33 @@ def layout(session: ModelSession) -> list:
         ),
         html.Div(
             [
-                card("Single-head ablation", graph("imp-ablation", message="Press Run"),
-                     note="metric(head ablated) − metric(all heads)."),
-                card("Gradient importance", graph("imp-gradient", message="Press Run"),
-                     note="E|∂metric/∂ξ_h| with gates ξ = 1 on z, L2-normalized per layer."),
-                card("Greedy pruning", graph("imp-pruning", message="Press Run"),
-                     note="Metric after masking the least important heads first."),
+                card(
+                    "Single-head ablation",
+                    graph("imp-ablation", message="Press Run"),
+                    note="metric(head ablated) − metric(all heads).",
+                ),
+                card(
+                    "Gradient importance",
+                    graph("imp-gradient", message="Press Run"),
+                    note="E|∂metric/∂ξ_h| with gates ξ = 1 on z, L2-normalized per layer.",
+                ),
+                card(
+                    "Greedy pruning",
+                    graph("imp-pruning", message="Press Run"),
+                    note="Metric after masking the least important heads first.",
+                ),
             ],
             className="hs-grid-3",
         ),
         html.Div(
             [
                 card("CHG facilitation (G⁻)", graph("imp-chg-facilitation", message="Press Run")),
-                card("CHG interference (1 − G⁺)",
-                     graph("imp-chg-interference", message="Press Run")),
-                card("CHG roles (majority over seeds)",
-                     graph("imp-chg-roles", message="Press Run")),
+                card(
+                    "CHG interference (1 − G⁺)", graph("imp-chg-interference", message="Press Run")
+                ),
+                card(
+                    "CHG roles (majority over seeds)", graph("imp-chg-roles", message="Press Run")
+                ),
             ],
             className="hs-grid-3",
         ),
@@ -189,25 +217,35 @@ def importance_outputs(
         effect = scores.methods["ablation"].effect
         assert effect is not None
         figures["imp-ablation"] = importance_heatmap(
-            effect.mean(0), title=f"{scores.ablation_mode} ablation", colorbar_title="Δ metric",
+            effect.mean(0),
+            title=f"{scores.ablation_mode} ablation",
+            colorbar_title="Δ metric",
             signed=True,
         )
         orders["ablation"] = scores.mean("ablation")
     if "gradient" in scores.methods:
         figures["imp-gradient"] = importance_heatmap(
-            scores.mean("gradient"), title="Michel et al. importance",
-            colorbar_title="importance", signed=False,
+            scores.mean("gradient"),
+            title="Michel et al. importance",
+            colorbar_title="importance",
+            signed=False,
         )
         orders["gradient"] = scores.mean("gradient")
     if scores.chg is not None:
         result = scores.chg
         figures["imp-chg-facilitation"] = importance_heatmap(
-            result.facilitation, title="facilitation", colorbar_title="G⁻", signed=False,
+            result.facilitation,
+            title="facilitation",
+            colorbar_title="G⁻",
+            signed=False,
             zmax=1.0,
         )
         figures["imp-chg-interference"] = importance_heatmap(
-            result.interference, title="interference", colorbar_title="1 − G⁺",
-            signed=False, zmax=1.0,
+            result.interference,
+            title="interference",
+            colorbar_title="1 − G⁺",
+            signed=False,
+            zmax=1.0,
         )
         figures["imp-chg-roles"] = label_grid(
             [list(row) for row in result.roles], title=f"{result.g_plus.shape[0]} seeds"
@@ -224,8 +262,10 @@ def importance_outputs(
             ablation_mode=scores.ablation_mode,
         )
     figures["imp-pruning"] = pruning_curve(
-        fractions, {f"by {name}": values for name, values in curves.items()},
-        metric_name=scores.metric.name.replace("_", " "), baseline=clean,
+        fractions,
+        {f"by {name}": values for name, values in curves.items()},
+        metric_name=scores.metric.name.replace("_", " "),
+        baseline=clean,
     )
     note = f"{len(scores.prompts)} prompts · metric: {scores.described}"
     return (*(figures[key] for key in OUTPUT_IDS), alert(note, kind="info"))

@@ -35,14 +35,23 @@ def layout() -> list:
         ),
         html.Div(
             [
-                card("Entropy", graph("overview-entropy", height=260),
-                     note="Mean over queries of the attention entropy (nats)."),
-                card("Sink mass", graph("overview-sink", height=260),
-                     note="Sink score of the first token, α₀ (mean attention to key 0 over "
-                     "the queries that see it)."),
-                card("Head taxonomy", graph("overview-labels", height=260),
-                     note="Primary pattern per head (the best score above its category's "
-                     "threshold) and that score."),
+                card(
+                    "Entropy",
+                    graph("overview-entropy", height=260),
+                    note="Mean over queries of the attention entropy (nats).",
+                ),
+                card(
+                    "Sink mass",
+                    graph("overview-sink", height=260),
+                    note="Sink score of the first token, α₀ (mean attention to key 0 over "
+                    "the queries that see it).",
+                ),
+                card(
+                    "Head taxonomy",
+                    graph("overview-labels", height=260),
+                    note="Primary pattern per head (the best score above its category's "
+                    "threshold) and that score.",
+                ),
             ],
             className="hs-grid-3",
         ),

@@ -45,9 +45,16 @@ def layout(session: ModelSession) -> list:
                 )
     columns = spec.n_heads if spec is not None else 1
     second = html.Div(
-        [html.Label("second sentence (similarity target)", htmlFor="play-second"),
-         dcc.Input(id="play-second", value=SECOND_SENTENCE, type="text", debounce=True,
-                   style={"width": "100%", "fontFamily": "var(--hs-mono)"})],
+        [
+            html.Label("second sentence (similarity target)", htmlFor="play-second"),
+            dcc.Input(
+                id="play-second",
+                value=SECOND_SENTENCE,
+                type="text",
+                debounce=True,
+                style={"width": "100%", "fontFamily": "var(--hs-mono)"},
+            ),
+        ],
         className="hs-control",
         style={"display": "flex" if encoder else "none", "marginTop": "10px"},
     )
@@ -67,18 +74,31 @@ def layout(session: ModelSession) -> list:
                     [
                         card(
                             "Head gates",
-                            html.Div(buttons, className="hs-picker", id="play-gates",
-                                     style={"gridTemplateColumns":
-                                            f"repeat({columns}, minmax(0, 1fr))"}),
+                            html.Div(
+                                buttons,
+                                className="hs-picker",
+                                id="play-gates",
+                                style={"gridTemplateColumns": f"repeat({columns}, minmax(0, 1fr))"},
+                            ),
                             html.Div(
                                 [
-                                    html.Span("no head selected", id="play-selected",
-                                              className="hs-label"),
-                                    dcc.Slider(id="play-scale", min=0, max=1, step=0.05, value=1,
-                                               marks={0: "0", 0.5: "0.5", 1: "1"}),
-                                    html.Button("Reset all gates", id="play-reset",
-                                                className="hs-button hs-button-quiet",
-                                                n_clicks=0),
+                                    html.Span(
+                                        "no head selected", id="play-selected", className="hs-label"
+                                    ),
+                                    dcc.Slider(
+                                        id="play-scale",
+                                        min=0,
+                                        max=1,
+                                        step=0.05,
+                                        value=1,
+                                        marks={0: "0", 0.5: "0.5", 1: "1"},
+                                    ),
+                                    html.Button(
+                                        "Reset all gates",
+                                        id="play-reset",
+                                        className="hs-button hs-button-quiet",
+                                        n_clicks=0,
+                                    ),
                                 ],
                                 style={"marginTop": "10px"},
                             ),
@@ -91,8 +111,9 @@ def layout(session: ModelSession) -> list:
             ],
             className="hs-grid-2",
         ),
-        card("Attention maps with these gates", graph("play-maps", message="Computing…",
-                                                      height=360)),
+        card(
+            "Attention maps with these gates", graph("play-maps", message="Computing…", height=360)
+        ),
     ]
 
 
@@ -137,10 +158,12 @@ def gate_styles(session: ModelSession, gates: list[list[float]], selected) -> tu
         for head in range(spec.n_heads):
             g = gates[layer][head]
             shade = 1.0 - g
-            styles.append({
-                "background": f"rgba(180, 35, 24, {0.85 * shade:.3f})" if g < 1 else "#ffffff",
-                "color": "#ffffff" if shade > 0.5 else "#1d2330",
-            })
+            styles.append(
+                {
+                    "background": f"rgba(180, 35, 24, {0.85 * shade:.3f})" if g < 1 else "#ffffff",
+                    "color": "#ffffff" if shade > 0.5 else "#1d2330",
+                }
+            )
             picked = isinstance(selected, list) and selected == [layer, head]
             classes.append("hs-gate" + (" hs-gate-selected" if picked else ""))
     return styles, classes
@@ -163,9 +186,7 @@ def reference_run(session: ModelSession, state: PromptState) -> GatedRun:
     return state.cached("playground-reference", lambda: gated_run(session, state, ones))
 
 
-def _embedding(
-    session: ModelSession, text: str, gates: torch.Tensor | None = None
-) -> torch.Tensor:
+def _embedding(session: ModelSession, text: str, gates: torch.Tensor | None = None) -> torch.Tensor:
     batch = session.tokenize(text)
     with session.lock:
         return attention.sentence_embedding(session.require_model(), batch, gates)
@@ -180,15 +201,24 @@ def playground_outputs(
     state = session.state(store.get("prompt") if isinstance(store, dict) else None)
     grid = check_gates(gates, spec)
     gate_tensor = torch.tensor(grid, dtype=torch.float32)
-    off = [(layer, head) for layer in range(spec.n_layers) for head in range(spec.n_heads)
-           if grid[layer][head] < 1]
+    off = [
+        (layer, head)
+        for layer in range(spec.n_layers)
+        for head in range(spec.n_heads)
+        if grid[layer][head] < 1
+    ]
     reference = reference_run(session, state)
     run = reference if not off else gated_run(session, state, gate_tensor)
     described = ", ".join(f"{layer}.{head}×{grid[layer][head]:g}" for layer, head in off)
     gated_note = f"gated: {described}" if off else "all heads on"
-    maps = head_grid(run.pattern, layer_index=state.record.layer_index,
-                     head_index=state.record.head_index, thumb=32,
-                     title=f"maps with gates ({gated_note})", cell_px=56)
+    maps = head_grid(
+        run.pattern,
+        layer_index=state.record.layer_index,
+        head_index=state.record.head_index,
+        thumb=32,
+        title=f"maps with gates ({gated_note})",
+        cell_px=56,
+    )
     if spec.has_lm_head:
         probabilities = run.logits[-1].float().softmax(-1)
         base = reference.logits[-1].float().softmax(-1)
@@ -197,18 +227,27 @@ def playground_outputs(
         shown = torch.maximum(probabilities, base).topk(min(TOP_K, base.numel())).indices
         candidates = [model.tokenizer.decode([int(i)]) for i in shown]
         figure = next_token_bars(
-            candidates, probabilities[shown], reference=base[shown],
+            candidates,
+            probabilities[shown],
+            reference=base[shown],
             title=f"after {display_token(state.tokens[-1])!s} (position {len(state.tokens) - 1})"
             " · top tokens of either run",
         )
         best = int(probabilities.argmax())
         metrics = [
-            html.Div(["top-1: ", html.B(display_token(model.tokenizer.decode([best]))),
-                      f"  p = {float(probabilities[best]):.3f} "
-                      f"(all heads: {float(base[best]):.3f})"],
-                     id="play-top1"),
-            html.Div(f"loss on the prompt: {_number(run.loss)} nats "
-                     f"(all heads: {_number(reference.loss)})", id="play-loss"),
+            html.Div(
+                [
+                    "top-1: ",
+                    html.B(display_token(model.tokenizer.decode([best]))),
+                    f"  p = {float(probabilities[best]):.3f} (all heads: {float(base[best]):.3f})",
+                ],
+                id="play-top1",
+            ),
+            html.Div(
+                f"loss on the prompt: {_number(run.loss)} nats "
+                f"(all heads: {_number(reference.loss)})",
+                id="play-loss",
+            ),
             html.Div(gated_note, className="hs-muted"),
         ]
     else:
@@ -218,17 +257,25 @@ def playground_outputs(
         to_clean = float(F.cosine_similarity(run.embedding, reference.embedding, dim=0))
         to_second = float(F.cosine_similarity(run.embedding, gated_other, dim=0))
         clean_second = float(F.cosine_similarity(reference.embedding, other, dim=0))
-        values = {"cosine to the unablated embedding": to_clean,
-                  "similarity to the second sentence": to_second}
+        values = {
+            "cosine to the unablated embedding": to_clean,
+            "similarity to the second sentence": to_second,
+        }
         figure = similarity_bars(
-            values, reference={"cosine to the unablated embedding": 1.0,
-                               "similarity to the second sentence": clean_second},
+            values,
+            reference={
+                "cosine to the unablated embedding": 1.0,
+                "similarity to the second sentence": clean_second,
+            },
             title="mean-pooled sentence embedding",
         )
         metrics = [
             html.Div(f"cosine to the unablated embedding: {to_clean:.4f}", id="play-cosine"),
-            html.Div(f"similarity to the second sentence: {to_second:.4f} "
-                     f"(all heads: {clean_second:.4f})", id="play-similarity"),
+            html.Div(
+                f"similarity to the second sentence: {to_second:.4f} "
+                f"(all heads: {clean_second:.4f})",
+                id="play-similarity",
+            ),
             html.Div(gated_note, className="hs-muted"),
         ]
     return figure, metrics, maps, None
@@ -257,8 +304,11 @@ def register(app: Dash, session: ModelSession) -> None:
             return no_update, no_update, no_update, [], [], "the model is not loaded"
         grid, chosen, value = edit_gates(session, ctx.triggered_id, scale, gates, selected)
         styles, classes = gate_styles(session, grid, chosen)
-        label = (f"selected head {chosen[0]}.{chosen[1]}: gate {value:g}"
-                 if chosen else "no head selected")
+        label = (
+            f"selected head {chosen[0]}.{chosen[1]}: gate {value:g}"
+            if chosen
+            else "no head selected"
+        )
         return grid, chosen, value, styles, classes, label
 
     @app.callback(

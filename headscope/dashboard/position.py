@@ -39,14 +39,21 @@ def layout(session: ModelSession) -> list:
                 card(
                     "Attention sinks",
                     html.Div(
-                        [html.Label("sink threshold", htmlFor="pos-threshold"),
-                         dcc.Slider(id="pos-threshold", min=0.1, max=0.9, step=0.05, value=0.3,
-                                    marks={v: f"{v:g}" for v in (0.1, 0.3, 0.5, 0.7, 0.9)})],
+                        [
+                            html.Label("sink threshold", htmlFor="pos-threshold"),
+                            dcc.Slider(
+                                id="pos-threshold",
+                                min=0.1,
+                                max=0.9,
+                                step=0.05,
+                                value=0.3,
+                                marks={v: f"{v:g}" for v in (0.1, 0.3, 0.5, 0.7, 0.9)},
+                            ),
+                        ],
                         className="hs-control",
                         style={"maxWidth": "360px"},
                     ),
-                    html.Div(id="pos-sink-heads", className="hs-metric",
-                             style={"margin": "6px 0"}),
+                    html.Div(id="pos-sink-heads", className="hs-metric", style={"margin": "6px 0"}),
                     graph("pos-sinks", message="Computing…", height=420),
                     note="α_k = mean attention to key k over the queries that can see it; "
                     "a head is a sink head for k when α_k exceeds the threshold.",
@@ -54,11 +61,16 @@ def layout(session: ModelSession) -> list:
                 card(
                     "Influence by distance",
                     html.Div(
-                        [html.Label("mask-only baseline", htmlFor="pos-mask"),
-                         dcc.Dropdown(id="pos-mask", value=masks[0], clearable=False,
-                                      options=[{"label": m.replace("_", " "), "value": m}
-                                               for m in masks],
-                                      style={"width": "220px"})],
+                        [
+                            html.Label("mask-only baseline", htmlFor="pos-mask"),
+                            dcc.Dropdown(
+                                id="pos-mask",
+                                value=masks[0],
+                                clearable=False,
+                                options=[{"label": m.replace("_", " "), "value": m} for m in masks],
+                                style={"width": "220px"},
+                            ),
+                        ],
                         className="hs-control",
                     ),
                     graph("pos-influence", message="Computing…", height=420),
@@ -82,8 +94,13 @@ def position_outputs(
     problems = []
     try:
         scores = results.sink_scores(state)
-        sinks = sink_scores(scores, state.tokens, threshold=limit,
-                            layer_index=record.layer_index, head_index=record.head_index)
+        sinks = sink_scores(
+            scores,
+            state.tokens,
+            threshold=limit,
+            layer_index=record.layer_index,
+            head_index=record.head_index,
+        )
         hot = (scores > limit).nonzero().tolist()
         listed = ", ".join(
             f"L{record.layer_index[li]}.H{record.head_index[hi]}→{k} "
@@ -92,8 +109,11 @@ def position_outputs(
         )
         more = f" (+{len(hot) - 24} more)" if len(hot) > 24 else ""
         bos = " (BOS prepended: key 0 is BOS)" if record.provenance.prepended_bos else ""
-        text = (f"{len(hot)} sink (head, key) pairs above {limit:g}{bos}: {listed}{more}"
-                if hot else f"no head has α_k above {limit:g}{bos}")
+        text = (
+            f"{len(hot)} sink (head, key) pairs above {limit:g}{bos}: {listed}{more}"
+            if hot
+            else f"no head has α_k above {limit:g}{bos}"
+        )
     except Exception as error:
         problems.append(describe(error, "the sink scores"))
         sinks, text = message_figure("sink scores unavailable"), ""
@@ -101,7 +121,9 @@ def position_outputs(
         kind = choice(mask, mask_choices(session), mask_choices(session)[0])
         curves = results.influence(state, kind)
         influence = influence_by_distance(
-            curves.model, curves.baseline, layer_index=record.layer_index,
+            curves.model,
+            curves.baseline,
+            layer_index=record.layer_index,
             baseline_name=f"{curves.mask} mask only",
         )
     except Exception as error:

@@ -47,13 +47,13 @@ def sink_scores(state: PromptState) -> Tensor:
     """Sink score α_k per `[layer, head, key]` (Gu et al. 2025 metric), with the
     visibility of the model's mask (causal or not)."""
     causal = state.record.spec.causal
-    return state.cached("sinks", lambda: position.sink_scores(state.record.pattern,
-                                                              causal=causal))
+    return state.cached("sinks", lambda: position.sink_scores(state.record.pattern, causal=causal))
 
 
 def rollout(state: PromptState, residual: float = 0.5) -> Tensor:
-    return state.cached(("rollout", residual), lambda: flow.rollout(state.record.pattern,
-                                                                    residual=residual))
+    return state.cached(
+        ("rollout", residual), lambda: flow.rollout(state.record.pattern, residual=residual)
+    )
 
 
 def attention_flow(state: PromptState, residual: float = 0.5) -> Tensor:
@@ -63,9 +63,7 @@ def attention_flow(state: PromptState, residual: float = 0.5) -> Tensor:
     )
 
 
-def content_free(
-    n: int, n_layers: int, causal: bool, method: str, residual: float = 0.5
-) -> Tensor:
+def content_free(n: int, n_layers: int, causal: bool, method: str, residual: float = 0.5) -> Tensor:
     """The content-free baseline's final `[query, key]` map (uniform attention
     over the mask, pushed through the same computation)."""
     result = flow.content_free_baseline(

@@ -120,10 +120,14 @@ def resolve_prompt(
         return no_update, no_update, candidate, no_update, message
     bos = " · BOS prepended" if batch.prepended_bos else ""
     info = f"{batch.lengths[0]} tokens{bos} · limit {session.token_limit}"
-    store = no_update if candidate == current else {
-        "prompt": candidate,
-        "search": routes.search_for(candidate),
-    }
+    store = (
+        no_update
+        if candidate == current
+        else {
+            "prompt": candidate,
+            "search": routes.search_for(candidate),
+        }
+    )
     url_search = no_update if candidate == from_url else routes.search_for(candidate)
     return store, url_search, candidate, info, None
 

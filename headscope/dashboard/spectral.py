@@ -26,8 +26,9 @@ KINDS = ("K", "Q", "V")
 
 
 def _dropdown(component_id: str, options: list, value, width: str = "110px") -> dcc.Dropdown:
-    return dcc.Dropdown(id=component_id, options=options, value=value, clearable=False,
-                        style={"width": width})
+    return dcc.Dropdown(
+        id=component_id, options=options, value=value, clearable=False, style={"width": width}
+    )
 
 
 def layout(session: ModelSession) -> list:
@@ -36,19 +37,43 @@ def layout(session: ModelSession) -> list:
     heads = range(spec.n_heads) if spec is not None else range(1)
     controls = html.Div(
         [
-            html.Div([html.Label("layer"), _dropdown(
-                "spec-layer", [{"label": str(i), "value": i} for i in layers], 0)],
-                className="hs-control"),
-            html.Div([html.Label("head"), _dropdown(
-                "spec-head", [{"label": str(i), "value": i} for i in heads], 0)],
-                className="hs-control"),
-            html.Div([html.Label("circuit"), dcc.RadioItems(
-                id="spec-circuit", value="QK", inline=True,
-                options=[{"label": f" {c} ", "value": c} for c in CIRCUITS])],
-                className="hs-control"),
-            html.Div([html.Label("MP fit of"), _dropdown(
-                "spec-matrix", [{"label": m, "value": m} for m in results.MP_MATRICES], "W_Q")],
-                className="hs-control"),
+            html.Div(
+                [
+                    html.Label("layer"),
+                    _dropdown("spec-layer", [{"label": str(i), "value": i} for i in layers], 0),
+                ],
+                className="hs-control",
+            ),
+            html.Div(
+                [
+                    html.Label("head"),
+                    _dropdown("spec-head", [{"label": str(i), "value": i} for i in heads], 0),
+                ],
+                className="hs-control",
+            ),
+            html.Div(
+                [
+                    html.Label("circuit"),
+                    dcc.RadioItems(
+                        id="spec-circuit",
+                        value="QK",
+                        inline=True,
+                        options=[{"label": f" {c} ", "value": c} for c in CIRCUITS],
+                    ),
+                ],
+                className="hs-control",
+            ),
+            html.Div(
+                [
+                    html.Label("MP fit of"),
+                    _dropdown(
+                        "spec-matrix",
+                        [{"label": m, "value": m} for m in results.MP_MATRICES],
+                        "W_Q",
+                    ),
+                ],
+                className="hs-control",
+            ),
         ],
         className="hs-controls",
     )
@@ -62,32 +87,59 @@ def layout(session: ModelSession) -> list:
         card(None, controls),
         html.Div(
             [
-                card("Singular values", graph("spec-spectra", message="Computing…"),
-                     note="Every head in grey, the selected head in colour."),
-                card("Marchenko–Pastur fit", graph("spec-mp", message="Computing…"),
-                     note="Eigenvalues of WᵀW/N for the selected head's matrix; outliers lie "
-                     "above the bulk edge plus a Tracy–Widom margin."),
+                card(
+                    "Singular values",
+                    graph("spec-spectra", message="Computing…"),
+                    note="Every head in grey, the selected head in colour.",
+                ),
+                card(
+                    "Marchenko–Pastur fit",
+                    graph("spec-mp", message="Computing…"),
+                    note="Eigenvalues of WᵀW/N for the selected head's matrix; outliers lie "
+                    "above the bulk edge plus a Tracy–Widom margin.",
+                ),
             ],
             className="hs-grid-2",
         ),
         html.Div(
             [
-                card("Stable rank", graph("spec-stable", height=260),
-                     note="‖W‖²_F / ‖W‖²₂ of the selected circuit."),
-                card("Effective rank", graph("spec-effective", height=260),
-                     note="exp(entropy of σ/Σσ) of the selected circuit."),
-                card("Copying score", graph("spec-copying", height=260),
-                     note="Re(Σλ)/Σ|λ| of W_E·OV·W_U: +1 copies tokens, −1 suppresses them."),
+                card(
+                    "Stable rank",
+                    graph("spec-stable", height=260),
+                    note="‖W‖²_F / ‖W‖²₂ of the selected circuit.",
+                ),
+                card(
+                    "Effective rank",
+                    graph("spec-effective", height=260),
+                    note="exp(entropy of σ/Σσ) of the selected circuit.",
+                ),
+                card(
+                    "Copying score",
+                    graph("spec-copying", height=260),
+                    note="Re(Σλ)/Σ|λ| of W_E·OV·W_U: +1 copies tokens, −1 suppresses them.",
+                ),
             ],
             className="hs-grid-3",
         ),
         card(
             "Composition",
             html.Div(
-                [html.Div([html.Label("kind"), dcc.RadioItems(
-                    id="spec-kind", value="K", inline=True,
-                    options=[{"label": f" {k}-composition ", "value": k} for k in KINDS])],
-                    className="hs-control")],
+                [
+                    html.Div(
+                        [
+                            html.Label("kind"),
+                            dcc.RadioItems(
+                                id="spec-kind",
+                                value="K",
+                                inline=True,
+                                options=[
+                                    {"label": f" {k}-composition ", "value": k} for k in KINDS
+                                ],
+                            ),
+                        ],
+                        className="hs-control",
+                    )
+                ],
                 className="hs-controls",
             ),
             progress_block("spec"),
@@ -115,23 +167,30 @@ def spectral_outputs(
         for head in range(spec.n_heads)
     }
     chosen = f"{layer_i}.{head_i} {which}"
-    spectra_figure = singular_spectra(curves, highlight=[chosen],
-                                      title=f"{which} singular values")
+    spectra_figure = singular_spectra(curves, highlight=[chosen], title=f"{which} singular values")
     selected = (layer_i, head_i)
-    stable = layer_head_heatmap(circuit_spectrum.stable_rank, colorbar_title="stable rank",
-                                selected=selected, fmt=".1f")
-    effective = layer_head_heatmap(circuit_spectrum.effective_rank,
-                                   colorbar_title="effective rank", selected=selected, fmt=".1f")
+    stable = layer_head_heatmap(
+        circuit_spectrum.stable_rank, colorbar_title="stable rank", selected=selected, fmt=".1f"
+    )
+    effective = layer_head_heatmap(
+        circuit_spectrum.effective_rank,
+        colorbar_title="effective rank",
+        selected=selected,
+        fmt=".1f",
+    )
     if result.copying is not None:
-        copying = layer_head_heatmap(result.copying, colorbar_title="copying", signed=True,
-                                     selected=selected)
+        copying = layer_head_heatmap(
+            result.copying, colorbar_title="copying", signed=True, selected=selected
+        )
     else:
         copying = message_figure(f"{spec.name} has no trained LM head: copying scores need W_U")
     problems = []
     try:
         fit = results.mp_fit(session, layer_i, head_i, matrix_name)
         mp = marchenko_pastur(
-            fit.eigenvalues, sigma2=fit.sigma2, ratio=fit.aspect_ratio,
+            fit.eigenvalues,
+            sigma2=fit.sigma2,
+            ratio=fit.aspect_ratio,
             outlier_threshold=fit.threshold,
             title=f"{matrix_name} of head {layer_i}.{head_i} ({fit.n_rows}×{fit.n_columns})",
         )
@@ -151,12 +210,15 @@ def composition_output(session: ModelSession, kind: object) -> tuple:
         return message_figure("composition needs at least two layers"), None
     # Writers in layers 0..L−2 (rows), readers in layers 1..L−1 (columns).
     grid = scores.scores[:-1, :, 1:, :].reshape((spec.n_layers - 1) * spec.n_heads, -1)
-    writers = [f"{layer}.{head}" for layer in range(spec.n_layers - 1)
-               for head in range(spec.n_heads)]
-    readers = [f"{layer}.{head}" for layer in range(1, spec.n_layers)
-               for head in range(spec.n_heads)]
-    figure = composition_matrix(grid, writers, readers=readers, baseline=scores.baseline,
-                                kind=which)
+    writers = [
+        f"{layer}.{head}" for layer in range(spec.n_layers - 1) for head in range(spec.n_heads)
+    ]
+    readers = [
+        f"{layer}.{head}" for layer in range(1, spec.n_layers) for head in range(spec.n_heads)
+    ]
+    figure = composition_matrix(
+        grid, writers, readers=readers, baseline=scores.baseline, kind=which
+    )
     return figure, None
 
 

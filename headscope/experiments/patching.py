@@ -57,12 +57,14 @@ def _patch_setup(
             )
     resolved = resolve_metric(model, metric, clean_batch)
     sites = layer_sites("z", model.spec.n_layers)
+    # Each metric right after its own forward: a metric may read state the
+    # forward left behind (e.g. an activation kept by the caller's own edit).
     with torch.no_grad():
         clean_run = run(model, clean_batch, read=sites, embedding=resolved.needs_embedding)
+        clean_values = resolved(clean_run.output, clean_batch).double().cpu()
         corrupted_run = run(model, corrupted_batch, embedding=resolved.needs_embedding)
-    clean_values = resolved(clean_run.output, clean_batch).double().cpu()
+        corrupted_values = resolved(corrupted_run.output, corrupted_batch).double().cpu()
     clean_z = [clean_run[site] for site in sites]
-    corrupted_values = resolved(corrupted_run.output, corrupted_batch).double().cpu()
     setup = _PatchSetup(
         clean_batch,
         corrupted_batch,

@@ -25,6 +25,7 @@ from headscope.analyses.spectral import (
     copying_score,
     qk_ov_spectra,
 )
+from headscope.errors import InputError
 from headscope.models.loading import HeadscopeModel
 from headscope.models.weights import HeadWeights
 from headscope.models.weights import head_weights as read_head_weights
@@ -71,7 +72,14 @@ def head_weights(model: HeadscopeModel) -> HeadWeights:
 
 def copying_scores(model: HeadscopeModel) -> Float[Tensor, "layer head"]:
     """`copying_score` of every head of a loaded model, from `head_weights(model)`
-    (token embedding only, no positions; ln_final folded into W_U where it applies)."""
+    (token embedding only, no positions; ln_final folded into W_U where it applies).
+    Raises InputError for a model without a trained LM head (e.g. minilm): its W_U
+    is untrained, so W_E·OV·W_U would be a number that means nothing."""
+    if not model.spec.has_lm_head:
+        raise InputError(
+            f"{model.spec.name} has no trained LM head, so copying scores (W_E·OV·W_U) "
+            "mean nothing for it"
+        )
     weights = head_weights(model)
     return copying_score(weights.W_E, weights.W_V, weights.W_O, weights.W_U).float()
 

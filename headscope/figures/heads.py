@@ -114,8 +114,10 @@ def layer_head_heatmap(
             colorscale=scale,
             xgap=1,
             ygap=1,
-            colorbar={"title": {"text": plotly_text(colorbar_title), "side": "right"},
-                      "thickness": 10},
+            colorbar={
+                "title": {"text": plotly_text(colorbar_title), "side": "right"},
+                "thickness": 10,
+            },
             texttemplate=f"%{{z:{fmt}}}" if show_text else None,
             textfont={"size": 10 if len(heads) <= 8 else 8},
             hovertemplate=(
@@ -201,8 +203,11 @@ def label_grid(
                 x=[None],
                 y=[None],
                 mode="markers",
-                marker={"size": 10, "symbol": "square",
-                        "color": LABEL_COLORS.get(category, COLORS[i % len(COLORS)])},
+                marker={
+                    "size": 10,
+                    "symbol": "square",
+                    "color": LABEL_COLORS.get(category, COLORS[i % len(COLORS)]),
+                },
                 name=plotly_text(category.replace("_", " ")),
             )
         )

@@ -86,8 +86,14 @@ def attention_map(
         colorbar={"title": {"text": "weight", "side": "right"}, "thickness": 12},
         hovertemplate=hover,
     )
-    axis = {"type": "category", "tickmode": "array", "tickvals": tick_values,
-            "ticktext": tick_texts, "showgrid": False, "constrain": "domain"}
+    axis = {
+        "type": "category",
+        "tickmode": "array",
+        "tickvals": tick_values,
+        "ticktext": tick_texts,
+        "showgrid": False,
+        "constrain": "domain",
+    }
     # One constructor call: plotly validates the layout once (maps are redrawn on
     # every head switch, so this is on the latency path).
     figure = go.Figure(
@@ -97,8 +103,12 @@ def attention_map(
             "title": {"text": plotly_text(title + suffix if title else suffix.strip(" ()"))},
             "height": height,
             "xaxis": {**axis, "title": {"text": "key"}, "tickangle": -60, "side": "bottom"},
-            "yaxis": {**axis, "title": {"text": "query"}, "autorange": "reversed",
-                      "scaleanchor": "x"},
+            "yaxis": {
+                **axis,
+                "title": {"text": "query"},
+                "autorange": "reversed",
+                "scaleanchor": "x",
+            },
             "meta": {"factor": factor, "n": n},
             "margin": {"l": 90, "r": 20, "t": 44, "b": 90},
         },

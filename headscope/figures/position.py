@@ -63,16 +63,24 @@ def sink_scores(
                 x=[key_names[c] for c in hot_cols],
                 y=[row_names[r] for r in hot_rows],
                 mode="markers",
-                marker={"symbol": "x-thin", "size": 7, "line": {"width": 1.5,
-                        "color": HIGHLIGHT_COLOR}},
+                marker={
+                    "symbol": "x-thin",
+                    "size": 7,
+                    "line": {"width": 1.5, "color": HIGHLIGHT_COLOR},
+                },
                 name=f"sink (α > {threshold:g})",
                 hoverinfo="skip",
             )
         )
     figure.update_layout(
-        xaxis={"type": "category", "title": {"text": "key"}, "tickangle": -60,
-               "tickmode": "array", "tickvals": key_names,
-               "ticktext": [token_label(tokens[k]) for k in range(shown)]},
+        xaxis={
+            "type": "category",
+            "title": {"text": "key"},
+            "tickangle": -60,
+            "tickmode": "array",
+            "tickvals": key_names,
+            "ticktext": [token_label(tokens[k]) for k in range(shown)],
+        },
         yaxis={"type": "category", "autorange": "reversed", "title": {"text": "head"}},
         legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
         margin={"l": 70, "r": 10, "t": 50, "b": 90},
@@ -98,8 +106,9 @@ def influence_by_distance(
         grid = grid[None]
     n_layers, n_dist = grid.shape
     layers = list(layer_index) if layer_index is not None else list(range(n_layers))
-    colors = sample_colorscale("Blues", [0.35 + 0.65 * i / max(1, n_layers - 1)
-                                         for i in range(n_layers)])
+    colors = sample_colorscale(
+        "Blues", [0.35 + 0.65 * i / max(1, n_layers - 1) for i in range(n_layers)]
+    )
     x = int32(range(n_dist))
     figure = base_figure(title, height=380)
     base = None if baseline is None else float32(baseline)
@@ -119,8 +128,11 @@ def influence_by_distance(
             )
         )
         if per_layer:
-            figure.add_trace(_baseline_line(x, base[i], f"{baseline_name}, after layer {layer}",
-                                            colors[i], f"layer{layer}"))
+            figure.add_trace(
+                _baseline_line(
+                    x, base[i], f"{baseline_name}, after layer {layer}", colors[i], f"layer{layer}"
+                )
+            )
     if base is not None and not per_layer:
         figure.add_trace(_baseline_line(x, base, baseline_name, colors[-1], "baseline"))
     figure.update_layout(
@@ -139,6 +151,5 @@ def _baseline_line(x, values, name: str, color: str, group: str) -> go.Scatter:
         name=plotly_text(name),
         legendgroup=group,
         line={"color": color, "width": 1.5, "dash": "dash"},
-        hovertemplate="distance %{x}<br>baseline %{y:.4f}<extra>" + plotly_text(name)
-        + "</extra>",
+        hovertemplate="distance %{x}<br>baseline %{y:.4f}<extra>" + plotly_text(name) + "</extra>",
     )

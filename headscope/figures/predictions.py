@@ -32,7 +32,8 @@ def next_token_bars(
                 orientation="h",
                 name=plotly_text(reference_name),
                 marker={"color": "#c9c9c9"},
-                hovertemplate="%{y}<br>p = %{x:.4f}<extra>" + plotly_text(reference_name)
+                hovertemplate="%{y}<br>p = %{x:.4f}<extra>"
+                + plotly_text(reference_name)
                 + "</extra>",
             )
         )

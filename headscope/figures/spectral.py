@@ -56,8 +56,10 @@ def singular_spectra(
         )
     figure.update_layout(
         xaxis={"title": {"text": "index"}},
-        yaxis={"title": {"text": "σ / σ₁" if normalize else "σ"},
-               "type": "log" if log_y else "linear"},
+        yaxis={
+            "title": {"text": "σ / σ₁" if normalize else "σ"},
+            "type": "log" if log_y else "linear",
+        },
         legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
     )
     return figure
@@ -130,12 +132,18 @@ def marchenko_pastur(
                 hovertemplate="λ = %{x:.4g}<extra>outlier</extra>",
             )
         )
-    figure.add_vline(x=float(lower), line={"color": BASELINE_COLOR, "dash": "dot", "width": 1},
-                     annotation_text="λ−", annotation_position="top left")
-    figure.add_vline(x=float(threshold),
-                     line={"color": BASELINE_COLOR, "dash": "dot", "width": 1},
-                     annotation_text="edge + TW margin" if outlier_threshold is not None
-                     else "λ+", annotation_position="top right")
+    figure.add_vline(
+        x=float(lower),
+        line={"color": BASELINE_COLOR, "dash": "dot", "width": 1},
+        annotation_text="λ−",
+        annotation_position="top left",
+    )
+    figure.add_vline(
+        x=float(threshold),
+        line={"color": BASELINE_COLOR, "dash": "dot", "width": 1},
+        annotation_text="edge + TW margin" if outlier_threshold is not None else "λ+",
+        annotation_position="top right",
+    )
     figure.update_layout(
         xaxis={"title": {"text": "eigenvalue of WᵀW / N"}},
         yaxis={"title": {"text": "density"}},
@@ -188,8 +196,7 @@ def composition_matrix(
     )
     figure.update_layout(
         xaxis={"type": "category", "title": {"text": f"reading head ({kind})"}, "tickangle": -60},
-        yaxis={"type": "category", "title": {"text": "writing head (OV)"},
-               "autorange": "reversed"},
+        yaxis={"type": "category", "title": {"text": "writing head (OV)"}, "autorange": "reversed"},
         margin={"l": 80, "r": 10, "t": 50, "b": 80},
     )
     return figure

@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from headscope.errors import InputError
+
 PaddingSide = Literal["right", "left"]
 
 
@@ -43,7 +45,7 @@ def sliding_window_mask(
     |q − k| < window when bidirectional. Hugging Face's `sliding_window`
     convention: window = 1 sees only the query's own position."""
     if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+        raise InputError(f"window must be >= 1, got {window}")
     queries = torch.arange(query_offset, query_offset + n_query, device=device)[:, None]
     keys = torch.arange(n_key, device=device)[None, :]
     distance = queries - keys
@@ -103,7 +105,7 @@ def alibi_slopes(n_heads: int) -> Float[Tensor, " head"]:
     the slopes of the closest lower power of two followed by every other slope
     of the next power of two (the BLOOM / MPT convention)."""
     if n_heads < 1:
-        raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+        raise InputError(f"n_heads must be >= 1, got {n_heads}")
 
     def powers(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)

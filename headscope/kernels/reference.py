@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscope.errors import InputError
+
 
 def visible_keys(mask: Tensor | None) -> Tensor | None:
     """Boolean view of a mask: True where a key is visible.
@@ -55,7 +57,7 @@ def attention_reference(
     n_heads, d_head = q.shape[1], q.shape[3]
     n_kv_heads = k.shape[1]
     if n_heads % n_kv_heads:
-        raise ValueError(f"{n_heads} query heads do not divide into {n_kv_heads} kv heads")
+        raise InputError(f"{n_heads} query heads do not divide into {n_kv_heads} kv heads")
     group = n_heads // n_kv_heads
     q, k, v = q.float(), k.float(), v.float()
     k = k.repeat_interleave(group, dim=1)

@@ -45,6 +45,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from headscope.errors import InputError
 from headscope.kernels.reference import visible_keys
 
 # 128 query rows per tile was fastest or within 3% of it at N = 2048 and 8192 with
@@ -105,7 +106,7 @@ def distance_bin_edges(n_key: int, n_bins: int | None = None) -> tuple[int, ...]
     needed = 1 + math.ceil(math.log2(max(n_key, 1)))
     bins = needed if n_bins is None else n_bins
     if bins < 1:
-        raise ValueError(f"distance_bins must be >= 1, got {n_bins}")
+        raise InputError(f"distance_bins must be >= 1, got {n_bins}")
     edges = [0] + [2**j for j in range(bins)]
     if bins < needed:
         edges[-1] = max(n_key, edges[-2] + 1)
@@ -223,17 +224,17 @@ def _mass_up_to(cumulative: Tensor, local: Int[Tensor, "tile points"]) -> Tensor
 
 def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k, v must be [batch, head, position, d_head]")
+        raise InputError("q, k, v must be [batch, head, position, d_head]")
     if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise InputError(f"incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"{q.shape[1]} query heads do not divide into {k.shape[1]} kv heads")
+        raise InputError(f"{q.shape[1]} query heads do not divide into {k.shape[1]} kv heads")
     if q.shape[2] > k.shape[2]:
-        raise ValueError("more queries than keys: queries are the last positions of the keys")
+        raise InputError("more queries than keys: queries are the last positions of the keys")
     if attn_mask is not None and (
         attn_mask.dim() != 4 or tuple(attn_mask.shape[-2:]) != (q.shape[2], k.shape[2])
     ):
-        raise ValueError("attn_mask must be [batch or 1, head or 1, query, key]")
+        raise InputError("attn_mask must be [batch or 1, head or 1, query, key]")
 
 
 class _Workspace:
@@ -430,11 +431,11 @@ def tiled_attention(
     """
     _check(q, k, v, attn_mask)
     if window is not None and window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+        raise InputError(f"window must be >= 1, got {window}")
     if sink_k < 0:
-        raise ValueError(f"sink_k must be >= 0, got {sink_k}")
+        raise InputError(f"sink_k must be >= 0, got {sink_k}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InputError(f"top_k must be >= 1, got {top_k}")
     batch, n_heads, n_query, d_head = q.shape
     n_kv, n_key = k.shape[1], k.shape[2]
     group = n_heads // n_kv
@@ -444,7 +445,7 @@ def tiled_attention(
     tile = query_tile or default_query_tile(batch, n_heads, n_key)
     map_heads = tuple(int(h) for h in (keep_maps_for_heads or ()))
     if any(not 0 <= h < n_heads for h in map_heads):
-        raise ValueError(f"map heads {map_heads} out of range for {n_heads} heads")
+        raise InputError(f"map heads {map_heads} out of range for {n_heads} heads")
     edges = distance_bin_edges(n_key, distance_bins)
 
     keys = k.to(f32)

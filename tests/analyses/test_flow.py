@@ -1,4 +1,4 @@
-"""Rollout and attention flow against closed forms and networkx (METHODS.md §1)."""
+"""Rollout and attention flow against closed forms and networkx (docs/methods.md §1)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headscope.analyses import flow
+from headscope.analyses import maxflow
 from headscope.analyses.flow import (
     attention_flow,
     augment,
@@ -20,6 +20,7 @@ from headscope.analyses.flow import (
     rollout,
     rollout_per_head,
 )
+from headscope.errors import InputError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -53,10 +54,7 @@ def networkx_flow(pattern: torch.Tensor, residual: float = 0.5) -> np.ndarray:
     n_layers = pattern.shape[0]
     n = pattern.shape[-1]
     return np.array(
-        [
-            [nx.maximum_flow_value(graph, (n_layers, i), (0, j)) for j in range(n)]
-            for i in range(n)
-        ]
+        [[nx.maximum_flow_value(graph, (n_layers, i), (0, j)) for j in range(n)] for i in range(n)]
     )
 
 
@@ -100,13 +98,13 @@ def test_augment_head_weights_are_a_normalized_weighted_mean() -> None:
 )
 def test_augment_rejects_bad_head_weights(weights: torch.Tensor, message: str) -> None:
     pattern = random_pattern(np.random.default_rng(2), 2, 4, heads=3)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         augment(pattern, head_weights=weights)
 
 
 def test_head_weights_need_a_head_dimension() -> None:
     pattern = random_pattern(np.random.default_rng(2), 2, 4)
-    with pytest.raises(ValueError, match="head dimension"):
+    with pytest.raises(InputError, match="head dimension"):
         rollout(pattern, head_weights=torch.ones(2))
 
 
@@ -207,25 +205,25 @@ def test_rollout_per_head_composes_each_head_with_the_rollout_below() -> None:
     ],
 )
 @pytest.mark.parametrize("function", [rollout, attention_flow, flow_graph])
-def test_bad_patterns_raise_value_errors(function, pattern: torch.Tensor, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_bad_patterns_raise_input_errors(function, pattern: torch.Tensor, message: str) -> None:
+    with pytest.raises(InputError, match=message):
         function(pattern)
 
 
 @pytest.mark.parametrize("residual", [-0.1, 1.5])
 def test_residual_must_be_a_fraction(residual: float) -> None:
     pattern = random_pattern(np.random.default_rng(7), 2, 3)
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(InputError, match="residual"):
         rollout(pattern, residual)
 
 
 def test_rollout_per_head_needs_heads() -> None:
-    with pytest.raises(ValueError, match="at least 4 dims"):
+    with pytest.raises(InputError, match="at least 4 dims"):
         rollout_per_head(random_pattern(np.random.default_rng(8), 2, 3))
 
 
 def test_workers_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="workers"):
+    with pytest.raises(InputError, match="workers"):
         attention_flow(random_pattern(np.random.default_rng(8), 3, 3), workers=0)
 
 
@@ -283,16 +281,16 @@ def test_flow_matches_networkx(n_layers: int, n: int, kind: str, seed: int) -> N
 
 def test_every_flow_stage_is_checked_against_networkx() -> None:
     """The networkx comparisons above must reach every stage of the algorithm."""
-    seen: dict[str, int] = {}
+    seen = {"unreachable": 0, "shared": 0, "ladder": 0, "full": 0}
     for n_layers, n, kind, seed in _networkx_cases():
-        pattern = random_pattern(
-            np.random.default_rng(100 + seed), n_layers, n, heads=2, kind=kind
-        )
-        attention_flow(pattern, normalize=False, workers=1)
-        for stage, count in flow.last_flow_stats.items():
-            seen[stage] = seen.get(stage, 0) + count
-    for stage in ("unreachable", "shared", "ladder", "full"):
-        assert seen.get(stage, 0) > 0, stage
+        pattern = random_pattern(np.random.default_rng(100 + seed), n_layers, n, heads=2, kind=kind)
+        solved = maxflow.pairwise_max_flow(augment(pattern).numpy(), workers=1)
+        raw = attention_flow(pattern, normalize=False, workers=1).numpy()
+        np.testing.assert_array_equal(raw, solved.values)  # the same solve
+        for stage in seen:
+            seen[stage] += getattr(solved.stats, stage)
+    for stage, count in seen.items():
+        assert count > 0, stage
 
 
 def test_flow_with_other_residuals_matches_networkx() -> None:
@@ -402,5 +400,5 @@ def test_content_free_flow_matches_networkx_and_mask_argument() -> None:
     ],
 )
 def test_content_free_baseline_rejects_bad_arguments(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         content_free_baseline(**kwargs)

@@ -1,4 +1,4 @@
-"""Position-bias graphs and attention sinks against closed forms (METHODS.md §3)."""
+"""Position-bias graphs and attention sinks against closed forms (docs/methods.md §3)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from headscope.analyses.flow import rollout
 from headscope.analyses.position import (
     cumulative_influence,
     influence_by_distance,
@@ -19,6 +20,7 @@ from headscope.analyses.position import (
     sink_heads,
     sink_scores,
 )
+from headscope.errors import InputError
 
 # ----------------------------------------------------------------------------- masks
 
@@ -78,10 +80,10 @@ def test_uniform_masks_are_uniform_over_allowed_keys() -> None:
         ("decay", 4, {"gamma": 1.5}, "gamma"),
     ],
 )
-def test_bad_masks_raise_value_errors(kind, n, params, message) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_bad_masks_raise_input_errors(kind, n, params, message) -> None:
+    with pytest.raises(InputError, match=message):
         mask_graph(kind, n, **params)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         mask_attention(kind, n, **params)
 
 
@@ -113,6 +115,18 @@ def test_cumulative_influence_is_the_product_of_layers() -> None:
     expected = with_residual[2] @ with_residual[1] @ with_residual[0]
     got = cumulative_influence(pattern, residual=0.25)[-1].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-14)
+
+
+def test_cumulative_influence_is_rollout_without_the_residual() -> None:
+    # Wu et al.'s P^(t) is Abnar & Zuidema's rollout with residual 0, for every input form
+    rng = np.random.default_rng(2)
+    weights = np.tril(rng.random((3, 2, 6, 6)))
+    pattern = torch.tensor(weights / weights.sum(-1, keepdims=True))
+    assert torch.equal(cumulative_influence(pattern), rollout(pattern, 0.0))
+    assert torch.equal(cumulative_influence(pattern, 0.3), rollout(pattern, 0.3))
+    single = pattern[0, 1]
+    repeated = single.expand(4, 6, 6).contiguous()
+    assert torch.equal(cumulative_influence(single, n_layers=4), rollout(repeated, 0.0))
 
 
 @settings(max_examples=30, deadline=None)
@@ -175,9 +189,7 @@ def test_influence_works_on_a_model_like_stack_and_the_mask_baseline() -> None:
     weights = np.tril(rng.random((4, 3, 6, 6)))
     pattern = torch.tensor(weights / weights.sum(-1, keepdims=True))
     model = influence_by_distance(cumulative_influence(pattern))
-    baseline = influence_by_distance(
-        cumulative_influence(mask_attention("causal", 6), n_layers=4)
-    )
+    baseline = influence_by_distance(cumulative_influence(mask_attention("causal", 6), n_layers=4))
     assert model.shape == baseline.shape == (4, 6)
 
 
@@ -197,16 +209,16 @@ def test_influence_works_on_a_model_like_stack_and_the_mask_baseline() -> None:
     ],
 )
 def test_cumulative_influence_rejects_bad_input(attention, kwargs, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         cumulative_influence(attention, **kwargs)
 
 
 def test_influence_by_distance_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises(InputError, match="square"):
         influence_by_distance(torch.zeros(2, 3, 4))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(InputError, match="NaN"):
         influence_by_distance(torch.full((3, 3), float("nan")))
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         most_influential_distance(torch.eye(3), query=3)
 
 
@@ -299,7 +311,7 @@ def test_batched_sink_scores_respect_padding_lengths() -> None:
     ],
 )
 def test_sink_scores_reject_bad_input(pattern, kwargs, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         sink_scores(pattern, **kwargs)
 
 

@@ -509,4 +509,6 @@ def test_known_circuit_of_toy_induction(toy_model):
 def test_spectra_of_an_encoder_without_lm_head_have_no_copying_scores(minilm_model):
     result = spectra(minilm_model)
     assert result.copying is None
+    with pytest.raises(InputError, match="no trained LM head"):
+        copying_scores(minilm_model)
     assert result.ov.eigenvalues.shape[:2] == (6, 12)

@@ -169,9 +169,7 @@ def test_markup_in_a_prompt_is_shown_literally(dash_duo, toy_model, artifacts):
     dash_duo.wait_for_contains_text("#prompt-info", "tokens", timeout=20)
     until(lambda: "prompt=red+cat+%3Cimg" in dash_duo.driver.current_url, timeout=10)
     idle(dash_duo)
-    assert dash_duo.find_element("#prompt-input").get_attribute("value").endswith(
-        f"{XSS} red cat"
-    )
+    assert dash_duo.find_element("#prompt-input").get_attribute("value").endswith(f"{XSS} red cat")
     assert dash_duo.find_elements("img") == []
     assert no_alert(dash_duo)
     # also on a page that puts tokens in plot labels, and in an error message

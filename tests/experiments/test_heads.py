@@ -27,6 +27,7 @@ from headscope.experiments.progress import AnalysisCancelledError
 from headscope.models.induction_data import repeated_random_batch
 from headscope.models.toy_training import BOS_ID, WORD_RANGE
 from headscope.probes import batched
+from headscope.probes.run import editing
 
 LOG_V = math.log(WORD_RANGE[1] - WORD_RANGE[0])  # 61 words: chance-level loss
 
@@ -328,7 +329,7 @@ def test_attribution_equals_activation_patching_for_a_metric_linear_in_the_last_
     weights = torch.randn(6, model.spec.d_model, generator=torch.Generator().manual_seed(0))
     kept = {}
 
-    def keep(attn_out, hook):
+    def keep(attn_out):
         kept["attn_out"] = attn_out
         return attn_out
 
@@ -336,7 +337,7 @@ def test_attribution_equals_activation_patching_for_a_metric_linear_in_the_last_
         # attn_out of the last layer = Σ_h z_h W_O^h + b_O: linear in each head's z
         return (kept["attn_out"] * weights).sum((1, 2))
 
-    with model.hooks([(hs.Site(last, "attn_out").hook_name, keep)]):
+    with editing(model, {hs.Site(last, "attn_out"): keep}):
         attribution = attribution_patching(model, clean, corrupted, readout)
         activation = activation_patching(model, clean, corrupted, readout)
     assert torch.allclose(attribution[last], activation[last], atol=1e-4)

@@ -26,8 +26,10 @@ def assert_float32_payload(figure) -> None:
             elif value.dtype.kind in "iu":
                 assert value.dtype.itemsize <= 4, (index, key, value.dtype)
             continue
-        if isinstance(value, (list, tuple)) and value and all(
-            isinstance(v, (int, float)) and v is not None for v in value
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, (int, float)) and v is not None for v in value)
         ):
             pytest.fail(f"trace {index} sends {key} as a Python list of numbers")
 

@@ -56,8 +56,7 @@ def test_label_grid_has_one_colour_band_per_label_and_a_legend():
 
 def test_pruning_curve_in_percent_with_baseline(check_payload):
     fractions = torch.linspace(0, 1, 11, dtype=torch.float64)
-    figure = pruning_curve(fractions, {"by gradient": torch.linspace(0.1, 4.0, 11)},
-                           baseline=0.1)
+    figure = pruning_curve(fractions, {"by gradient": torch.linspace(0.1, 4.0, 11)}, baseline=0.1)
     check_payload(figure)
     assert figure.data[0].x[-1] == pytest.approx(100.0)
     assert figure.layout.shapes[0].y0 == pytest.approx(0.1)

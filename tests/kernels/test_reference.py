@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from headscope.errors import InputError
 from headscope.kernels.masks import (
     alibi_bias,
     alibi_slopes,
@@ -110,3 +111,13 @@ def test_alibi_slopes_follow_the_paper():
     torch.testing.assert_close(slopes[4:], alibi_slopes(8)[0::2][:2])
     bias = alibi_bias(alibi_slopes(2), 3, 3)
     assert bias[0, 2, 0] == pytest.approx(-2 * 0.0625)
+
+
+def test_caller_mistakes_raise_input_errors():
+    with pytest.raises(InputError, match="window must be >= 1"):
+        sliding_window_mask(4, 4, 0)
+    with pytest.raises(InputError, match="n_heads must be >= 1"):
+        alibi_slopes(0)
+    q, k, v = _qkv(heads=6, kv_heads=4)
+    with pytest.raises(InputError, match="do not divide"):
+        attention_reference(q, k, v)

@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from headscope.errors import InputError
 from headscope.kernels import tiled as tiled_module
 from headscope.kernels.masks import alibi_bias, alibi_slopes, dense_mask, key_padding_from_lengths
 from headscope.kernels.reference import attention_reference
@@ -313,9 +314,9 @@ def test_helpers_and_argument_checks():
     assert default_query_tile(1, 32, 32768) == 32
     assert default_query_tile(1, 1, 8) == 128
     q, k, v = random_qkv(1, 1, 3, 3, 4, 4, 4)
-    with pytest.raises(ValueError, match="kv heads"):
+    with pytest.raises(InputError, match="kv heads"):
         tiled_attention(q, k[:, :2], v[:, :2], causal=True)
-    with pytest.raises(ValueError, match="map heads"):
+    with pytest.raises(InputError, match="map heads"):
         tiled_attention(q, k, v, causal=True, keep_maps_for_heads=[3])
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(InputError, match="window"):
         tiled_attention(q, k, v, causal=True, window=0)

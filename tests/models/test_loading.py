@@ -11,7 +11,11 @@ from headscope.errors import HubUnreachableError, InputError, ModelNotFoundError
 
 
 def test_spec_describes_each_architecture(tiny_models):
-    gpt2, llama, bert = tiny_models["gpt2"].spec, tiny_models["llama"].spec, tiny_models["bert"].spec
+    gpt2, llama, bert = (
+        tiny_models["gpt2"].spec,
+        tiny_models["llama"].spec,
+        tiny_models["bert"].spec,
+    )
     assert (gpt2.n_layers, gpt2.n_heads, gpt2.n_kv_heads, gpt2.d_head) == (2, 4, 4, 8)
     assert gpt2.causal and gpt2.positional == "learned" and gpt2.has_lm_head
     assert llama.n_kv_heads == 2 and llama.group_size == 2 and llama.positional == "rotary"

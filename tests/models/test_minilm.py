@@ -31,9 +31,7 @@ def test_patterns_equal_the_hugging_face_eager_model(minilm_model, hf_bert):
     record = hs.capture(minilm_model, SENTENCES)
     batch = minilm_model.tokenize(SENTENCES)
     with torch.no_grad():
-        out = hf_bert(
-            batch.ids, attention_mask=batch.attention_mask.long(), output_attentions=True
-        )
+        out = hf_bert(batch.ids, attention_mask=batch.attention_mask.long(), output_attentions=True)
     expected = torch.stack(out.attentions, dim=1)
     for i, n in enumerate(record.lengths):
         assert torch.allclose(record.pattern[i, ..., :n, :n], expected[i, ..., :n, :n], atol=1e-5)

@@ -17,7 +17,9 @@ from headscope.models.zoo import BUILTINS
 @pytest.fixture(scope="module")
 def repeated():
     generator = torch.Generator().manual_seed(7)
-    return repeated_random_batch(16, 15, prefix_length=3, vocab=WORD_RANGE, bos_id=BOS_ID, generator=generator)
+    return repeated_random_batch(
+        16, 15, prefix_length=3, vocab=WORD_RANGE, bos_id=BOS_ID, generator=generator
+    )
 
 
 def second_half_nll(logits, tokens, layout):
@@ -82,7 +84,9 @@ def test_ablating_either_circuit_head_breaks_induction(toy_model, repeated):
 
 def test_random_repeat_batches_vary_length_and_offset():
     generator = torch.Generator().manual_seed(0)
-    layouts = {random_repeat_batch(2, vocab=(3, 64), bos_id=1, generator=generator)[1] for _ in range(40)}
+    layouts = {
+        random_repeat_batch(2, vocab=(3, 64), bos_id=1, generator=generator)[1] for _ in range(40)
+    }
     assert len({lay.repeat_length for lay in layouts}) > 5
     assert len({lay.prefix_length for lay in layouts}) > 5
     tokens, layout = repeated_random_batch(3, 5, prefix_length=2, vocab=(3, 64), bos_id=1)
