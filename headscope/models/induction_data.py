@@ -4,7 +4,7 @@ A sequence is [BOS, p_1..p_P, r_1..r_T, r_1..r_T]: a random prefix of length P,
 then a random segment of length T, then the same segment again. A model that
 predicts the second copy must look back to the token after the previous
 occurrence (an induction head fed by a previous-token head). Varying T and P
-across batches rules out positional shortcuts (METHODS.md §5).
+across batches rules out positional shortcuts (docs/methods.md §5.1).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 A 2-layer Llama-architecture causal LM (RoPE, 4 heads, hidden 128) trained on
 repeated random sequences (`induction_data.random_repeat_batch`) with a random
 repeat length (8-30) and random prefix (0-12), so that only an induction
-circuit predicts the second copy (Olsson et al. 2022; METHODS.md §5). With
+circuit predicts the second copy (Olsson et al. 2022; docs/methods.md §5.2). With
 learned absolute positions (GPT-2) induction heads had not formed after 6,000
 steps here; with RoPE they form in ~750.
 

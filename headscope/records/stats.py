@@ -46,7 +46,7 @@ class HeadStats:
     over queries, bins `distance_bin_edges`: [0,1), [1,2), [2,4), [4,8) ...),
     `key_mass` `[layer, head, key]` (Σ_q A[q,k]) and `key_visibility`
     `[layer, head, key]` (how many queries can see key k), so that the sink
-    score α_k = key_mass / key_visibility (Xiao et al. 2023; METHODS.md §3).
+    score α_k = key_mass / key_visibility (Xiao et al. 2023; docs/methods.md §3.2).
     Optional `topk_keys` / `topk_weights` `[layer, head, query, k]`: a sparse map.
     Padded query positions hold 0 (argmax_key −1). `maps`: full maps of the
     requested heads, when asked.

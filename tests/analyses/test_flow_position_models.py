@@ -1,4 +1,4 @@
-"""Flow, rollout and sinks on the built-in models (METHODS.md §1, §3; tier 3/4):
+"""Flow, rollout and sinks on the built-in models (docs/methods.md §1, §3; tier 3/4):
 toy-induction's second-copy queries route mass to the token after their first
 occurrence beyond the content-free baseline; minilm's first-token sink heads are
 found by `sink_heads` and really do attend mostly to the first token."""

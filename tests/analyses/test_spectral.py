@@ -479,7 +479,7 @@ def test_model_scores_match_dense_computations(perturbed_models, arch):
 
 
 def test_known_circuit_of_toy_induction(toy_model):
-    """METHODS.md §5: the previous-token head (layer 0) K-composes with the induction
+    """docs/methods.md §5.2: the previous-token head (layer 0) K-composes with the induction
     heads (layer 1) far above the random baseline, and induction heads copy. The heads
     are found from attention, independently of the weights."""
     import headscope as hs

@@ -337,7 +337,7 @@ def test_specific_categories_lead_and_ties_go_to_the_more_specific_one():
 
 
 def test_known_heads_of_toy_induction(toy_model):
-    """METHODS.md §5: a layer-0 previous-token head and layer-1 induction heads, found on
+    """docs/methods.md §5.2: a layer-0 previous-token head and layer-1 induction heads, found on
     repeated random sequences with a prefix (scores from the captured record)."""
     import headscope as hs
     from headscope.models.induction_data import repeated_random_batch

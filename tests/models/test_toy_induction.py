@@ -1,4 +1,4 @@
-"""The built-in toy-induction model shows its circuit (METHODS.md §5)."""
+"""The built-in toy-induction model shows its circuit (docs/methods.md §5.2)."""
 
 from __future__ import annotations
 
