@@ -223,15 +223,27 @@ def importance_outputs(
             signed=True,
         )
         orders["ablation"] = scores.mean("ablation")
+    warnings = []
     if "gradient" in scores.methods:
-        figures["imp-gradient"] = importance_heatmap(
-            scores.mean("gradient"),
-            title="Michel et al. importance",
-            colorbar_title="importance",
-            signed=False,
-        )
-        orders["gradient"] = scores.mean("gradient")
-    if scores.chg is not None:
+        gradient = scores.methods["gradient"]
+        if gradient.warning is not None:
+            warnings.append(f"gradient importance: {gradient.warning}")
+        if gradient.warning is not None and not bool(gradient.scores.any()):
+            figures["imp-gradient"] = message_figure("no first-order signal (see the message)")
+        else:
+            figures["imp-gradient"] = importance_heatmap(
+                scores.mean("gradient"),
+                title="Michel et al. importance",
+                colorbar_title="importance",
+                signed=False,
+            )
+            orders["gradient"] = scores.mean("gradient")
+    if scores.chg is not None and scores.chg.warning is not None:
+        warnings.append(f"causal head gating: {scores.chg.warning}")
+        degenerate = message_figure("degenerate gating fit: no roles (see the message)")
+        for key in ("imp-chg-facilitation", "imp-chg-interference", "imp-chg-roles"):
+            figures[key] = degenerate
+    elif scores.chg is not None:
         result = scores.chg
         figures["imp-chg-facilitation"] = importance_heatmap(
             result.facilitation,
@@ -252,6 +264,9 @@ def importance_outputs(
         )
         orders["CHG facilitation"] = result.facilitation
     report(99, 100, "pruning curve…")
+    if not orders:
+        figures["imp-pruning"] = message_figure("no informative ranking to prune by")
+        return _finish(figures, scores, warnings)
     with session.lock:
         fractions, curves, clean = pruning_curves(
             session.require_model(),
@@ -267,8 +282,15 @@ def importance_outputs(
         metric_name=scores.metric.name.replace("_", " "),
         baseline=clean,
     )
+    return _finish(figures, scores, warnings)
+
+
+def _finish(figures: dict, scores: HeadScores, warnings: list[str]) -> tuple:
+    """The figures in output order and one message: what was measured, and any
+    warning (shown as a warning, not as information)."""
     note = f"{len(scores.prompts)} prompts · metric: {scores.described}"
-    return (*(figures[key] for key in OUTPUT_IDS), alert(note, kind="info"))
+    message = alert(" · ".join([note, *warnings]), kind="warning" if warnings else "info")
+    return (*(figures[key] for key in OUTPUT_IDS), message)
 
 
 def register(app: Dash, session: ModelSession, manager) -> None:

@@ -1,5 +1,7 @@
 """Page 7, Ablation playground: toggle or scale heads (gates on z) and watch
-the output change. Causal LMs show the next-token top-k and the loss; encoders
+the output change. Causal LMs show the next-token top-k and the loss on the
+prompt's target tokens (its repeated tokens where it repeats itself, else every
+token after the first: `experiments.attention.gated_run`); encoders
 without a trained LM head (minilm) show the sentence embedding's cosine to the
 unablated embedding and its similarity to a second sentence.
 
@@ -244,9 +246,12 @@ def playground_outputs(
                 id="play-top1",
             ),
             html.Div(
-                f"loss on the prompt: {_number(run.loss)} nats "
+                f"{loss_label(run)}: {_number(run.loss)} nats "
                 f"(all heads: {_number(reference.loss)})",
                 id="play-loss",
+                title=f"mean next-token cross-entropy over {run.target_meaning}"
+                if run.target_meaning
+                else None,
             ),
             html.Div(gated_note, className="hs-muted"),
         ]
@@ -279,6 +284,21 @@ def playground_outputs(
             html.Div(gated_note, className="hs-muted"),
         ]
     return figure, metrics, maps, None
+
+
+def loss_label(run: GatedRun) -> str:
+    """What the playground's loss scores, e.g. "loss on the prompt's 9 repeated
+    tokens" (the "auto" target rule: the first copy of a repeat is unpredictable
+    and not scored) or "loss on the prompt's 20 tokens (every token after the first)"."""
+    n = run.target_tokens
+    plural = "" if n == 1 else "s"
+    if run.target_rule == "repeats":
+        return f"loss on the prompt's {n} repeated token{plural}"
+    if run.target_rule == "all":
+        return f"loss on the prompt's {n} token{plural} (every token after the first)"
+    if run.target_rule is None:
+        return "loss on the prompt"
+    return f"loss on the prompt's {n} target token{plural} ({run.target_meaning})"
 
 
 def _number(value: float | None) -> str:

@@ -118,8 +118,7 @@ def resolve_prompt(
             return no_update, no_update, no_update, no_update, message
         # A bad prompt in a shared URL: say so, and keep the box showing it.
         return no_update, no_update, candidate, no_update, message
-    bos = " · BOS prepended" if batch.prepended_bos else ""
-    info = f"{batch.lengths[0]} tokens{bos} · limit {session.token_limit}"
+    info = prompt_info(session, candidate, batch.lengths[0])
     store = (
         no_update
         if candidate == current
@@ -130,6 +129,60 @@ def resolve_prompt(
     )
     url_search = no_update if candidate == from_url else routes.search_for(candidate)
     return store, url_search, candidate, info, None
+
+
+#: The unknown words the prompt box lists by name (the rest are counted).
+SHOWN_UNKNOWN = 20
+_NARROW = {"maxWidth": "360px"}
+
+
+def prompt_info(session: ModelSession, text: str, n_tokens: int) -> str | list:
+    """The prompt box's info line: the token count, the special tokens the
+    tokenizer put around the text ("<bos> prepended", "[CLS] and [SEP] added")
+    and the limit; plus, when words became the unk token, a warning naming
+    them and, for a small word-level vocabulary, the words the model knows.
+
+    A plain string when there is nothing to warn about. Prompt words are
+    user text: they go into components as text, never as HTML."""
+    model = session.require_model()
+    added = model.added_tokens(text)
+    framing = "" if not (added.prefix or added.suffix) else f" · {added.described}"
+    line = f"{n_tokens} tokens{framing} · limit {session.token_limit}"
+    unknown = list(dict.fromkeys(word.text for word in model.unknown_words(text)))
+    if not unknown:
+        return line
+    unk = model.tokenizer.unk_token
+    shown = ", ".join(unknown[:SHOWN_UNKNOWN])
+    more = f" and {len(unknown) - SHOWN_UNKNOWN} more" if len(unknown) > SHOWN_UNKNOWN else ""
+    plural = "s" if len(unknown) != 1 else ""
+    verb = "are" if len(unknown) != 1 else "is"
+    children: list = [
+        html.Div(line),
+        html.Div(
+            f"⚠ {len(unknown)} word{plural} {verb} not in the model's vocabulary and "
+            f"became {unk}: {shown}{more}",
+            className="hs-alert hs-alert-info",
+            role="status",
+            id="prompt-unknown",
+            style={**_NARROW, "margin": "2px 0 0 0", "padding": "5px 8px", "fontSize": "12px"},
+        ),
+    ]
+    vocabulary = model.word_vocabulary()
+    if vocabulary:
+        children.append(
+            html.Details(
+                [
+                    html.Summary(f"the {len(vocabulary)} words {model.spec.name} knows"),
+                    html.Div(
+                        " ".join(vocabulary),
+                        style={"fontFamily": "var(--hs-mono)", "overflowWrap": "anywhere"},
+                    ),
+                ],
+                id="prompt-vocabulary",
+                style=_NARROW,
+            )
+        )
+    return children
 
 
 def render_page(pages: dict[str, Callable[[], list]], pathname: str | None) -> list:

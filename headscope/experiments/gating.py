@@ -43,7 +43,10 @@ class CHGResult:
       "irrelevant" (G⁺ ≥ t, G⁻ < t), "ambiguous" (G⁺ < t ≤ G⁻, not expected).
     - `roles[layer][head]`: the role a strict majority of seeds gives, else "mixed".
     - `objective`: the fitted objective (metric to minimize, without the
-      regulariser) at the last step, `[phase, seed]` for phases (fit, plus, minus).
+      regulariser) at the last step, `[phase, seed]` for phases (fit, plus, minus);
+      `clean_objective`: the same objective with every gate at 1 (the baseline).
+    - `warning`: None for an informative fit; otherwise why the fit says
+      nothing (see `diagnose`), and then `roles` must not be shown as findings.
     """
 
     g_fit: Float[Tensor, "seed layer head"]
@@ -55,6 +58,12 @@ class CHGResult:
     seed_roles: tuple[tuple[tuple[Role, ...], ...], ...]
     roles: tuple[tuple[Role, ...], ...]
     objective: Float[Tensor, "phase seed"] = field(repr=False)
+    clean_objective: float | None = None
+    warning: str | None = None
+
+    @property
+    def degenerate(self) -> bool:
+        return self.warning is not None
 
     @property
     def facilitation_per_seed(self) -> Float[Tensor, "seed layer head"]:
@@ -207,6 +216,44 @@ def _majority(
     return tuple(out)
 
 
+#: A gate within this of σ(±4) sits at the bound of the clipped regulariser.
+BOUND_TOLERANCE = 1e-3
+
+
+def diagnose(
+    g_plus: Float[Tensor, "seed layer head"],
+    g_minus: Float[Tensor, "seed layer head"],
+    objective: Float[Tensor, "phase seed"],
+    clean_objective: float,
+    lam: float,
+) -> str | None:
+    """Why a CHG fit says nothing, or None when it is informative.
+
+    A fit is degenerate when, in every seed, the −λ refit switches every head
+    off (every G⁻ at the floor σ(−4): "no head is needed", which a model whose
+    metric gets worse without its heads contradicts), or the +λ refit keeps
+    every head off (every G⁺ at the floor: "every head interferes"). Either
+    way the regulariser, not the metric, set the gates: the metric is nearly
+    flat in the gates at this λ (e.g. a loss over tokens no head can predict).
+    """
+    floor = float(torch.sigmoid(torch.tensor(-_CLIP))) + BOUND_TOLERANCE
+    minus_off = bool((g_minus <= floor).flatten(1).all(1).all())
+    plus_off = bool((g_plus <= floor).flatten(1).all(1).all())
+    if not (minus_off or plus_off):
+        return None
+    which = "−λ refit switched every head off (G⁻ at the floor σ(−4))"
+    if plus_off:
+        which = "+λ refit kept every head off (G⁺ at the floor σ(−4))"
+    worst = float(objective[2 if minus_off else 1].mean())
+    return (
+        f"degenerate fit: in every seed the {which}, so the gates reflect the "
+        f"regulariser (λ = {lam:g}), not the metric. The metric moves from "
+        f"{clean_objective:.4g} with all heads to {worst:.4g} with the fitted gates. "
+        "Likely cause: the metric scores tokens no head can help predict (choose a "
+        "target span), or λ is too large for it. No roles are given."
+    )
+
+
 def causal_head_gating(
     model: HeadscopeModel,
     prompts: Prompts,
@@ -273,6 +320,8 @@ def causal_head_gating(
     g_plus, g_minus = torch.sigmoid(refit[:seeds]).double(), torch.sigmoid(refit[seeds:]).double()
     seed_roles = tuple(_roles(g_plus[s], g_minus[s], threshold) for s in range(seeds))
     objective = torch.stack([fit_objective, refit_objective[:seeds], refit_objective[seeds:]])
+    clean = clean_values(model, batch, resolved, batch_size)
+    clean_objective = float(clean.mean()) * (1.0 if resolved.direction == "minimize" else -1.0)
     return CHGResult(
         g_fit=g_fit,
         g_plus=g_plus,
@@ -283,6 +332,8 @@ def causal_head_gating(
         seed_roles=seed_roles,
         roles=_majority(seed_roles),
         objective=objective,
+        clean_objective=clean_objective,
+        warning=diagnose(g_plus, g_minus, objective, clean_objective, float(lam)),
     )
 
 

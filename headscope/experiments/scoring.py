@@ -44,7 +44,7 @@ from torch import Tensor
 from headscope.errors import InputError
 from headscope.experiments.ablation import ablation_scores, clean_metric, pruning_curve
 from headscope.experiments.gating import CHGResult, causal_head_gating
-from headscope.experiments.gradients import gradient_importance
+from headscope.experiments.gradients import GRADIENT_FLOOR, gate_gradients, normalize_per_layer
 from headscope.experiments.metrics import (
     Metric,
     MetricInfo,
@@ -100,14 +100,19 @@ class ScoringPrompt:
 @dataclass(frozen=True)
 class MethodScores:
     """One method's scores `[unit, layer, head]` (float64, higher = more
-    important), the unit labels, what a score means, and for ablation the
-    signed change of the metric itself (`effect`, same shape)."""
+    important), the unit labels, what a score means, for ablation the signed
+    change of the metric itself (`effect`, same shape), for the gradient the
+    raw |∂M/∂ξ| before normalisation (`raw`), and a `warning` when the method
+    says nothing here (a degenerate gating fit, a gradient at the metric's
+    optimum): then the scores must not be drawn as findings."""
 
     method: str
     scores: Float[Tensor, "unit layer head"]
     units: tuple[str, ...]
     meaning: str
     effect: Float[Tensor, "unit layer head"] | None = None
+    raw: Float[Tensor, "unit layer head"] | None = None
+    warning: str | None = None
 
     @property
     def mean(self) -> Float[Tensor, "layer head"]:
@@ -424,14 +429,20 @@ def score_heads(
                     method, bound.sign * effect, labels, SCORE_MEANING[method], effect=effect
                 )
             elif method == "gradient":
-                per_prompt = []
+                raw = []
                 for i, row in enumerate(rows):
                     one = _batch(model, [row.ids])
                     metric_one = prompt_metric(info.name, [row], one)
-                    per_prompt.append(gradient_importance(model, one, metric=metric_one))
+                    raw.append(gate_gradients(model, one, metric=metric_one)[0].abs())
                     report(base + 100 * (i + 1) // len(rows), stage_total, "gradient…")
+                magnitudes = torch.stack(raw).double()
                 results[method] = MethodScores(
-                    method, torch.stack(per_prompt).double(), labels, SCORE_MEANING[method]
+                    method,
+                    _normalized_or_zero(magnitudes),
+                    labels,
+                    SCORE_MEANING[method],
+                    raw=magnitudes,
+                    warning=_gradient_warning(magnitudes, info),
                 )
             elif method == "chg":
 
@@ -454,7 +465,11 @@ def score_heads(
                     callback=step,
                 )
                 results[method] = MethodScores(
-                    method, chg.facilitation[None].double(), (group,), SCORE_MEANING[method]
+                    method,
+                    chg.facilitation[None].double(),
+                    (group,),
+                    SCORE_MEANING[method],
+                    warning=chg.warning,
                 )
             else:  # attribution
                 per_prompt = []
@@ -478,14 +493,45 @@ def score_heads(
     )
 
 
+def _normalized_or_zero(
+    magnitudes: Float[Tensor, "prompt layer head"],
+) -> Float[Tensor, "prompt layer head"]:
+    """Michel et al.'s per-layer normalisation within each prompt; a layer with
+    no first-order signal (every |∂M/∂ξ| below GRADIENT_FLOOR) scores 0: its
+    first-order importance is nil, and normalising noise would invent some."""
+    normalized = normalize_per_layer(magnitudes)
+    signal = magnitudes.amax(dim=-1, keepdim=True) >= GRADIENT_FLOOR
+    return torch.where(signal, normalized, torch.zeros_like(normalized))
+
+
+def _gradient_warning(
+    magnitudes: Float[Tensor, "prompt layer head"], info: MetricInfo
+) -> str | None:
+    silent = magnitudes.flatten(1).amax(1) < GRADIENT_FLOOR  # [prompt]
+    if not bool(silent.any()):
+        return None
+    largest = float(magnitudes[silent].max())
+    return (
+        f"no first-order signal on {int(silent.sum())} of {len(silent)} prompts: every "
+        f"|∂{info.name}/∂gate| is below {GRADIENT_FLOOR:g} (largest {largest:.1e}), so the "
+        "metric sits at an optimum when every head is on (as a cosine to the unablated "
+        "output does); those prompts score 0. Use ablation, or a metric that is not at "
+        "its optimum."
+    )
+
+
 def _detached(scores: MethodScores) -> MethodScores:
-    effect = None if scores.effect is None else scores.effect.detach().cpu().contiguous()
+    def cpu(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor.detach().cpu().contiguous()
+
     return MethodScores(
         scores.method,
         scores.scores.detach().cpu().contiguous(),
         scores.units,
         scores.meaning,
-        effect,
+        effect=cpu(scores.effect),
+        raw=cpu(scores.raw),
+        warning=scores.warning,
     )
 
 

@@ -22,7 +22,14 @@ from torch import Tensor
 
 from headscope.errors import HubUnreachableError, InputError, ModelNotFoundError
 from headscope.models.spec import ModelSpec
-from headscope.models.tokens import TokenBatch
+from headscope.models.tokens import (
+    AddedTokens,
+    TokenBatch,
+    UnknownWord,
+    added_tokens,
+    unknown_words,
+    word_vocabulary,
+)
 from headscope.models.zoo import BUILTINS
 
 Inputs = str | list[str] | tuple[str, ...] | Tensor
@@ -117,6 +124,23 @@ class HeadscopeModel:
         if self.spec.prepends_bos and bos is not None and (not ids or ids[0] != bos):
             ids.insert(0, bos)
         return ids
+
+    def unknown_words(self, text: str) -> tuple[UnknownWord, ...]:
+        """The words of `text` the tokenizer turned into its unk token (with
+        their character offsets); none for a tokenizer without an unk token."""
+        return unknown_words(self.tokenizer, text)
+
+    def added_tokens(self, text: str = "a") -> AddedTokens:
+        """The special tokens `tokenize` puts around `text` (`.described`:
+        '<bos> prepended', '[CLS] and [SEP] added'), read off the ids with and
+        without them."""
+        plain = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return added_tokens(self.tokenizer, self._encode(text), plain)
+
+    def word_vocabulary(self) -> tuple[str, ...] | None:
+        """The known words of a small word-level vocabulary (toy-induction's),
+        sorted; None for subword or large vocabularies."""
+        return word_vocabulary(self.tokenizer)
 
     def _check_ids(self, ids: Tensor, limit: int) -> TokenBatch:
         if ids.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):

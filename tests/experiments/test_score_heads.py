@@ -97,3 +97,40 @@ def test_bad_options_are_refused_with_one_line(toy_model, minilm_model):
         score_heads(toy_model, ["red cat blue"], ["attribution"])
     with pytest.raises(InputError, match="no token to score"):
         resolve_targets("continuation", [1, 2, 3], [False, False, False])
+
+
+@pytest.mark.slow
+def test_gating_on_the_default_prompt_set_finds_the_circuit_or_says_it_is_degenerate(
+    toy_model, circuit
+):
+    """The dashboard's default Importance run: scored on the repeated tokens
+    (target auto), CHG finds the previous-token and induction heads
+    facilitating; scored over every token (most of them unpredictable), the
+    −λ refit switches every head off, which is reported as a degenerate fit
+    instead of eight "irrelevant" roles."""
+    prompts = list(prompt_set(toy_model.spec))
+    informative = score_heads(toy_model, prompts, ["chg"], target="auto", chg_seeds=2)
+    assert informative.chg.warning is None and informative.methods["chg"].warning is None
+    roles = informative.chg.roles
+    for layer, head in (circuit.previous_head, circuit.induction_head):
+        assert roles[layer][head] == "facilitating", (layer, head)
+    everything = score_heads(toy_model, prompts, ["chg"], target="all", chg_seeds=2)
+    assert everything.chg.degenerate
+    assert "switched every head off" in everything.methods["chg"].warning
+    # The warning is right about the cause: every head's G⁻ sits at the floor,
+    # while ablating the circuit does cost loss on these prompts.
+    assert bool((everything.chg.g_minus < 0.02).all())
+
+
+def test_a_gradient_at_the_metric_optimum_reports_no_first_order_signal(minilm_model, toy_model):
+    sentences = ["The cat sat on the mat.", "A man is playing a guitar."]
+    scores = score_heads(minilm_model, sentences, ["gradient"], metric="embedding_cosine")
+    gradient = scores.methods["gradient"]
+    assert gradient.warning is not None and "no first-order signal on 2 of 2" in gradient.warning
+    assert bool((gradient.raw < 1e-6).all())
+    assert not bool(gradient.scores.any())  # zeros, not normalised noise
+    # A loss has a first-order signal: no warning, and each layer normalised to 1.
+    toy = score_heads(toy_model, ["red cat blue dog red cat blue dog"], ["gradient"])
+    assert toy.methods["gradient"].warning is None
+    norms = toy.methods["gradient"].scores.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms))

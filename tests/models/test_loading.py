@@ -96,3 +96,25 @@ def test_weights_hash_depends_on_weights(tiny_dirs, tmp_path):
     again = hs.load_model(tiny_dirs["gpt2"]).weights_hash
     assert first == again and len(first) == 64
     assert hs.load_model(other).weights_hash != first
+
+
+def test_added_tokens_match_what_tokenize_feeds_the_model(tiny_models):
+    """The description comes from the ids: what `tokenize` adds around the
+    text's own tokens (causal models get a BOS; the tiny BERT's tokenizer adds
+    nothing)."""
+    for arch, model in tiny_models.items():
+        text = "t5 t6 t7"
+        ids = model.tokenize(text).ids[0].tolist()
+        plain = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        added = model.added_tokens(text)
+        assert len(ids) == len(added.prefix) + len(plain) + len(added.suffix)
+        expected = "no special tokens added" if arch == "bert" else "<bos> prepended"
+        assert added.described == expected, arch
+
+
+def test_unknown_words_on_tiny_models(tiny_models):
+    model = tiny_models["gpt2"]
+    found = model.unknown_words("t5 hello t6 t999")
+    assert [(w.text, w.start, w.end) for w in found] == [("hello", 3, 8), ("t999", 12, 16)]
+    assert model.unknown_words("t5 t6") == ()
+    assert model.word_vocabulary() == tuple(sorted(f"t{i}" for i in range(3, 100)))
