@@ -10,8 +10,10 @@ import torch
 from torch import Tensor
 
 from headscope.analyses import flow, position, spectral, taxonomy
+from headscope.analyses.relevance import relevance_from_gradients
 from headscope.analyses.summary import HeadSummary, head_summary
 from headscope.dashboard.session import ModelSession, PromptState
+from headscope.experiments import relevance as model_relevance
 from headscope.experiments import spectra as model_spectra
 
 
@@ -71,6 +73,42 @@ def content_free(n: int, n_layers: int, causal: bool, method: str, residual: flo
     )
     result = torch.as_tensor(result)
     return result[-1] if result.dim() == 3 else result
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """Gradient-weighted relevance of one prompt (Chefer et al. 2021, docs/methods.md
+    §1.3) for the logit of the model's top prediction at the last position.
+
+    `map` is R `[query, key]` (float64, R ≥ I, rows do not sum to 1); `target`
+    is the predicted token id, `token` its text and `logit` its pre-softmax logit."""
+
+    map: Tensor
+    target: int
+    token: str
+    logit: float
+
+
+def relevance(session: ModelSession, state: PromptState) -> Relevance:
+    """`Relevance` of the prompt, memoized with it. The forward and backward pass
+    hold the model lock; models without a trained LM head raise InputError (their
+    logits mean nothing, so relevance needs a target the dashboard does not pick)."""
+
+    def compute() -> Relevance:
+        model = session.require_model()
+        batch = session.tokenize(state.prompt)
+        with session.lock:
+            captured = model_relevance.attention_gradients(model, batch)
+        target = captured.target
+        assert target is not None  # the default target is a token (only callables have none)
+        return Relevance(
+            map=relevance_from_gradients(captured.pattern, captured.gradient),
+            target=target,
+            token=str(model.tokenizer.decode([target])),
+            logit=captured.value,
+        )
+
+    return state.cached("relevance", compute)
 
 
 #: Mask-only baselines offered on the position page, with their parameters.

@@ -180,6 +180,26 @@ def test_markup_in_a_prompt_is_shown_literally(dash_duo, toy_model, artifacts):
     shot(dash_duo, artifacts, "toy-xss-prompt")
 
 
+def test_flow_page_shows_relevance_beside_rollout_and_flow(dash_duo, toy_model, artifacts):
+    dash_duo.start_server(create_app(model=toy_model))
+    prompt = "red cat blue dog sun tree red cat blue dog sun"
+    dash_duo.wait_for_page(dash_duo.server_url + "/flow?prompt=" + prompt.replace(" ", "+"))
+    dash_duo.wait_for_contains_text("#flow-figure", "relevance (Chefer et al. 2021)", timeout=60)
+    figure = dash_duo.find_element("#flow-figure").text
+    last = toy_model.spec.n_layers - 1
+    for panel in (
+        f"raw attention, layer {last}, mean over heads",
+        "attention rollout",
+        "attention flow",
+    ):
+        assert panel in figure
+    dash_duo.wait_for_contains_text("#flow-notes", "on key 0 <bos>")
+    assert dash_duo.find_elements("#flow-layer") and dash_duo.find_elements("#flow-head")
+    idle(dash_duo)
+    shot(dash_duo, artifacts, "flow")
+    assert dash_duo.get_logs() == []
+
+
 def test_background_job_shows_progress_and_can_be_cancelled(dash_duo, toy_model):
     dash_duo.start_server(create_app(model=toy_model))
     dash_duo.wait_for_page(dash_duo.server_url + "/importance")

@@ -3,18 +3,22 @@ and that failures become messages instead of exceptions."""
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
 from dash import html
 
 import headscope as hs
+from headscope.analyses.taxonomy import head_scores
 from headscope.dashboard import flow, head, importance, overview, playground, position
 from headscope.dashboard.examples import TOY_PROMPTS
 from headscope.dashboard.messages import describe, guarded
 from headscope.errors import InputError
 
 PROMPT = {"prompt": TOY_PROMPTS[0], "search": "?prompt=" + TOY_PROMPTS[0].replace(" ", "+")}
+#: The induction prompt of the issue and of notebook 02.
+INDUCTION = "red cat blue dog sun tree red cat blue dog sun"
 XSS = "<img src=x onerror=alert(1)>"
 
 
@@ -100,11 +104,92 @@ def test_flow_page_for_a_query(toy_session):
     )
     assert isinstance(figure, go.Figure) and steps[-1][:2] == (4, 4)
     bars = [trace for trace in figure.data if trace.type == "bar"]
-    assert 1 <= len(bars) <= 3
+    assert 1 <= len(bars) <= 4
     assert isinstance(chips[last], html.Button) and "hs-token-query" in chips[last].className
     # a junk query falls back to the last token, a junk residual to 0.5
     figure, _, _ = flow.flow_outputs(toy_session, PROMPT, "junk", 99)
     assert f"Query {last}" in figure.layout.title.text
+
+
+def flow_bars(figure) -> dict[str, np.ndarray]:
+    return {trace.name: np.asarray(trace.y) for trace in figure.data if trace.type == "bar"}
+
+
+def test_flow_page_relevance_finds_the_induction_source(toy_session):
+    tokens = toy_session.state(INDUCTION).tokens
+    q = len(tokens) - 1
+    # the induction source: the token after the previous occurrence of the query's token
+    source = max(i for i in range(q) if tokens[i] == tokens[q]) + 1
+    figure, _chips, notes = flow.flow_outputs(toy_session, {"prompt": INDUCTION}, q, 0.5)
+    bars = flow_bars(figure)
+    (name,) = [name for name in bars if name.startswith("relevance")]
+    assert "top prediction after the last token" in name  # the page names its target
+    relevance = bars[name]
+    keys = [k for k in range(len(tokens)) if k not in (0, q)]
+    assert max(keys, key=lambda k: relevance[k]) == source
+    assert max([*keys, 0], key=lambda k: relevance[k]) == source  # <bos> included too
+    # rollout and flow give <bos> their largest share (apart from the query), and say so
+    text = " ".join(texts(notes))
+    for method in ("attention rollout", "attention flow"):
+        row = bars[method].copy()
+        row[q] = -1.0
+        assert int(row.argmax()) == 0, method
+        assert f"{method} puts {bars[method][0]:.2f} on key 0 <bos>" in text
+    assert "no content-free baseline" in text and "logit" in text
+
+
+def test_flow_page_raw_attention_picker(toy_session):
+    state = toy_session.state(INDUCTION)
+    record = state.record
+    scores = head_scores(record)["previous_token"]
+    li, hi = divmod(int(scores.argmax()), scores.shape[1])
+    layer, head_ = record.layer_index[li], record.head_index[hi]
+    layers, default_layer, heads, default_head = flow.raw_options(toy_session)
+    assert [o["value"] for o in layers] == list(range(toy_session.spec.n_layers))
+    assert (default_layer, default_head) == (toy_session.spec.n_layers - 1, flow.MEAN)
+    assert head_ in [o["value"] for o in heads] and heads[0]["value"] == flow.MEAN
+    assert flow.raw_options(toy_session, layer, head_)[1::2] == (layer, head_)  # kept
+    n = len(state.tokens)
+    for q in (n - 1, n // 2):
+        figure, _, _ = flow.flow_outputs(
+            toy_session, {"prompt": INDUCTION}, q, 0.5, layer=layer, head=head_
+        )
+        raw = figure.data[0]
+        assert raw.name == f"raw attention, layer {layer}, head {head_}"
+        assert int(np.argmax(raw.y)) == q - 1  # the previous token
+    figure, _, _ = flow.flow_outputs(toy_session, {"prompt": INDUCTION}, None, 0.5, layer=0)
+    assert figure.data[0].name == "raw attention, layer 0, mean over heads"
+
+
+def test_flow_page_refuses_bad_picker_values(toy_session):
+    store = {"prompt": INDUCTION}
+    for layer, head_, refusal in [
+        (7, flow.MEAN, "layer 7 does not exist"),
+        (0, 9, "head 9 does not exist"),
+        ("evil", flow.MEAN, "must be integers"),
+        (0, XSS, "must be integers"),
+    ]:
+        with pytest.raises(InputError, match=refusal):
+            flow.flow_outputs(toy_session, store, None, 0.5, layer=layer, head=head_)
+        figure, chips, message = flow.flow_page(
+            toy_session, store, None, 0.5, layer=layer, head=head_
+        )
+        assert refusal in message.children and "hs-alert-error" in message.className
+        assert chips == [] and isinstance(figure, go.Figure)
+    # the options callback falls back to the defaults for values it cannot keep
+    last = toy_session.spec.n_layers - 1
+    assert flow.raw_options(toy_session, 7, XSS)[1::2] == (last, flow.MEAN)
+
+
+@pytest.mark.slow
+def test_encoder_flow_page_says_relevance_is_unavailable(minilm_session):
+    figure, chips, notes = flow.flow_outputs(
+        minilm_session, {"prompt": "The cat sat on the mat."}, None, 0.5
+    )
+    unavailable = "relevance needs a trained LM head or a target; not available for minilm"
+    assert unavailable in [annotation.text for annotation in figure.layout.annotations]
+    assert unavailable in " ".join(texts(notes))
+    assert len(flow_bars(figure)) == 3 and len(chips) > 3
 
 
 def test_position_page(toy_session):
@@ -232,3 +317,75 @@ def test_encoder_tokens_with_markup_stay_text(minilm_session):
     assert "&lt;" in figure.to_json()  # the "<" wordpiece, escaped for plotly
     for shown in (grid, figure):
         assert "<img" not in shown.to_json() and "<" not in str(shown.layout.xaxis.ticktext)
+
+
+# -- input feedback: unknown words, the special tokens added, what the loss scores --------------
+
+
+def _unknown_to(session, text: str) -> list[str]:
+    vocabulary = session.model.tokenizer.get_vocab()
+    return [word for word in text.split() if word not in vocabulary]
+
+
+def test_mostly_unknown_words_get_a_warning(toy_session):
+    from headscope.dashboard import shell
+
+    text = "The cat sat on the mat because it was tired"
+    unknown = _unknown_to(toy_session, text)
+    assert len(unknown) > len(text.split()) / 2
+    store, _, _, info, message = shell.resolve_prompt(toy_session, "prompt-run", "", text, None)
+    assert store["prompt"] == text and message is None  # still runs: a warning, not an error
+    assert isinstance(info, list)
+    line, warning, vocabulary = info
+    assert line.children.startswith("11 tokens · <bos> prepended · limit")
+    assert "hs-alert" in warning.className
+    assert f"{len(unknown)} words are not in the model's vocabulary" in warning.children
+    assert warning.children.endswith(": " + ", ".join(unknown))
+    # the toy's 61 words, collapsible
+    assert isinstance(vocabulary, html.Details)
+    summary, words = vocabulary.children
+    assert summary.children == "the 61 words toy-induction knows"
+    assert set(words.children.split()) == set(toy_session.model.word_vocabulary())
+    assert "cat" in words.children.split() and "The" not in words.children.split()
+
+
+def test_known_words_keep_the_plain_info_line(toy_session):
+    from headscope.dashboard import shell
+
+    *_, info, message = shell.resolve_prompt(toy_session, "prompt-run", "", TOY_PROMPTS[0], None)
+    assert info == f"21 tokens · <bos> prepended · limit {toy_session.token_limit}"
+    assert message is None
+
+
+def test_unknown_markup_is_listed_as_text(toy_session):
+    from headscope.dashboard import shell
+
+    *_, info, _ = shell.resolve_prompt(toy_session, "prompt-run", "", f"red {XSS}", None)
+    warning = info[1]
+    assert isinstance(warning.children, str) and "<img" in warning.children
+    assert all(isinstance(text, str) for text in texts(info))
+
+
+@pytest.mark.slow
+def test_encoder_info_line_names_cls_and_sep(minilm_session):
+    from headscope.dashboard import shell
+
+    *_, info, _ = shell.resolve_prompt(
+        minilm_session, "prompt-run", "", "The cat sat on the mat.", None
+    )
+    assert info == f"9 tokens · [CLS] and [SEP] added · limit {minilm_session.token_limit}"
+    assert "BOS" not in info
+    *_, info, _ = shell.resolve_prompt(minilm_session, "prompt-run", "", "a ☃ b", None)
+    assert "became [UNK]: ☃" in texts(info)[1]
+    assert not any(isinstance(part, html.Details) for part in info)  # 30k wordpieces: no list
+
+
+def test_playground_loss_says_what_it_scores(toy_session):
+    ones = [[1.0] * 4, [1.0] * 4]
+    _, metrics, _, _ = playground.playground_outputs(toy_session, PROMPT, ones, None)
+    line = next(t for t in texts(metrics) if t.startswith("loss on"))
+    assert line.startswith("loss on the prompt's 9 repeated tokens: ")
+    plain = {"prompt": "red cat blue dog sun"}
+    _, metrics, _, _ = playground.playground_outputs(toy_session, plain, ones, None)
+    line = next(t for t in texts(metrics) if t.startswith("loss on"))
+    assert line.startswith("loss on the prompt's 5 tokens (every token after the first): ")

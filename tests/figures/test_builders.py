@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from headscope.figures.flow import flow_comparison
+from headscope.figures.flow import first_token_note, flow_comparison
 from headscope.figures.heads import (
     importance_heatmap,
     label_grid,
@@ -73,6 +73,36 @@ def test_flow_comparison_one_row_per_method_with_baselines(check_payload):
     assert bars[0].marker.color[1] != bars[0].marker.color[0]  # the query is highlighted
     with pytest.raises(ValueError, match="shape"):
         flow_comparison(tokens, 0, {"raw": [1.0, 0.0]})
+
+
+def test_flow_comparison_shows_a_message_in_place_of_a_missing_result(check_payload):
+    tokens = ["<bos>", "a", "b"]
+    series = {"rollout": [0.6, 0.3, 0.1], "relevance": "not available for <model>"}
+    figure = flow_comparison(tokens, 2, series, y_titles={"rollout": "share"})
+    check_payload(figure)
+    assert [trace.type for trace in figure.data] == ["bar"]
+    texts = [annotation.text for annotation in figure.layout.annotations]
+    assert "not available for &lt;model&gt;" in texts  # escaped: plotly shows it literally
+    message = figure.layout.annotations[texts.index("not available for &lt;model&gt;")]
+    assert (message.xref, message.yref) == ("x2 domain", "y2 domain")  # in its own row
+    assert figure.layout.yaxis.title.text == "share" and figure.layout.yaxis2.visible is False
+
+
+def test_first_token_note_compares_key_0_with_the_baseline():
+    uniform = [0.25, 0.25, 0.25, 0.25]
+    # key 0 holds the largest share apart from the query (key 3, larger still)
+    row = [0.3, 0.1, 0.05, 0.55]
+    note = first_token_note("rollout", row, [0.4, 0.2, 0.2, 0.2], 3, "<bos>")
+    assert note.startswith("rollout puts 0.30 on key 0 <bos>")
+    assert "alone puts 0.40 there: the mask explains it" in note
+    note = first_token_note("flow", torch.tensor(row), uniform, 3, "<bos>", mask="bidirectional")
+    assert "uniform bidirectional attention alone puts 0.25 there" in note
+    assert f"{0.3 / 0.25:.1f}× the mask's share" in note and "explains" not in note
+    assert "no content-free baseline" in first_token_note("relevance", row, None, 3, "<bos>")
+    # no note when another key beats key 0, for query 0, or for an all-zero history
+    assert first_token_note("rollout", [0.2, 0.3, 0.0, 0.5], uniform, 3, "<bos>") is None
+    assert first_token_note("rollout", [1.0, 0.0, 0.0, 0.0], uniform, 0, "<bos>") is None
+    assert first_token_note("rollout", [0.0, 0.0, 0.0, 1.0], uniform, 3, "<bos>") is None
 
 
 def test_sink_scores_marks_cells_above_threshold(check_payload):
