@@ -1,18 +1,19 @@
 """The dashboard's stylesheet and HTML shell, inlined so the app needs no asset
-folder and no network (no CDN fonts or scripts)."""
+folder and no network (no CDN fonts or scripts).
+
+`CSS` is the shared headscope stylesheet (`headscope.figures.theme`: colours,
+fonts, headings, cards, grids, tables; the report uses it too) followed by the
+dashboard's own chrome (header, navigation, prompt bar, buttons, token chips,
+controls).
+"""
 
 from __future__ import annotations
 
-CSS = """
-:root {
-  --hs-ink: #1d2330; --hs-muted: #5f6b7a; --hs-line: #dfe3ea; --hs-bg: #f5f6f8;
-  --hs-accent: #1f5fa8; --hs-accent-soft: #e6eef8; --hs-red: #b42318; --hs-red-soft: #fdecea;
-  --hs-amber-soft: #fff6e0;
-  --hs-mono: 'JetBrains Mono', 'DejaVu Sans Mono', Menlo, Consolas, monospace;
-}
+from headscope.figures.theme import THEME_CSS
+
+DASHBOARD_CSS = """
 * { box-sizing: border-box; }
-body { margin: 0; background: var(--hs-bg); color: var(--hs-ink);
-  font-family: Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif; font-size: 14px; }
+body { margin: 0; background: var(--hs-bg); }
 .hs-header { background: #18202e; color: #fff; padding: 10px 22px 0 22px; }
 .hs-header-top { display: flex; align-items: baseline; gap: 16px; flex-wrap: wrap; }
 .hs-brand { font-size: 19px; font-weight: 700; letter-spacing: .2px; }
@@ -37,17 +38,6 @@ body { margin: 0; background: var(--hs-bg); color: var(--hs-ink);
 .hs-prompt-side { display: flex; flex-direction: column; gap: 4px; min-width: 170px; }
 .hs-prompt-info { color: var(--hs-muted); font-size: 12px; }
 .hs-main { padding: 16px 22px 40px 22px; max-width: 1500px; margin: 0 auto; }
-.hs-page-title { font-size: 18px; font-weight: 650; margin: 2px 0 2px 0; }
-.hs-page-sub { color: var(--hs-muted); font-size: 13px; margin-bottom: 12px; }
-.hs-card { background: #fff; border: 1px solid var(--hs-line);
-  border-radius: 8px; padding: 12px 14px; }
-  margin-bottom: 14px; }
-.hs-card h3 { font-size: 14px; margin: 0 0 6px 0; font-weight: 650; }
-.hs-card .hs-note { color: var(--hs-muted); font-size: 12px; margin: 0 0 6px 0; }
-.hs-grid-2 { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 14px; }
-.hs-grid-3 { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 14px; }
-.hs-grid-main { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 14px; }
-@media (max-width: 1100px) { .hs-grid-2, .hs-grid-3, .hs-grid-main { grid-template-columns: 1fr; } }
 .hs-alert { border-radius: 6px; padding: 9px 12px; margin: 0 0 12px 0; font-size: 13px;
   white-space: pre-wrap; overflow-wrap: anywhere; }
 .hs-alert-error { background: var(--hs-red-soft); color: var(--hs-red); border: 1px solid #f5c2bd; }
@@ -64,10 +54,6 @@ button.hs-token { cursor: pointer; }
   flex-wrap: wrap; align-items: flex-end; margin-bottom: 8px; }
 .hs-control { display: flex; flex-direction: column; gap: 4px; min-width: 140px; }
 .hs-control label, .hs-label { font-size: 12px; color: var(--hs-muted); font-weight: 600; }
-.hs-stats { border-collapse: collapse; width: 100%; font-size: 13px; }
-.hs-stats td { padding: 4px 6px; border-bottom: 1px solid #eef0f3; }
-.hs-stats td:first-child { width: 62%; }
-.hs-stats td:last-child { text-align: right; font-family: var(--hs-mono); }
 .hs-picker { display: grid; gap: 3px; }
 .hs-picker a, .hs-gate { display: inline-block; text-align: center; font-family: var(--hs-mono);
   font-size: 11px; padding: 4px 0; border-radius: 4px; border: 1px solid var(--hs-line);
@@ -83,23 +69,29 @@ button.hs-token { cursor: pointer; }
 .hs-metric b { font-weight: 650; }
 .hs-exact { font-family: var(--hs-mono); font-size: 12px;
   white-space: pre-wrap; color: var(--hs-ink); }
-.hs-muted { color: var(--hs-muted); }
 ._dash-loading { margin: 20px; color: var(--hs-muted); }
 """
+
+#: Everything the dashboard's page inlines: the shared stylesheet, then the dashboard's own.
+CSS = THEME_CSS + DASHBOARD_CSS
+
 
 def index_string(script: str = "") -> str:
     """Dash's HTML page with the stylesheet and `script` inlined in the head."""
     return INDEX_STRING.replace("<!--headscope-script-->", f"<script>{script}</script>")
 
 
-INDEX_STRING = """<!DOCTYPE html>
+INDEX_STRING = (
+    """<!DOCTYPE html>
 <html lang="en">
     <head>
         {%metas%}
         <title>{%title%}</title>
         {%favicon%}
         {%css%}
-        <style>""" + CSS + """</style>
+        <style>"""
+    + CSS
+    + """</style>
         <!--headscope-script-->
     </head>
     <body>
@@ -111,3 +103,4 @@ INDEX_STRING = """<!DOCTYPE html>
         </footer>
     </body>
 </html>"""
+)

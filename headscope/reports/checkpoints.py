@@ -1,9 +1,26 @@
-"""Shard checkpoints for resumable report jobs.
+"""Checkpoints for resumable report jobs.
 
-Each shard's scores are written atomically (temporary file, then rename) under
-`DIR/.shards/<config hash>/`, so a killed job leaves either a whole shard file
-or none, and a rerun of the same command (same config hash) skips done shards.
-A different config (model weights, prompts, methods, metric...) gets its own folder.
+Everything an executor task computes is written atomically (temporary file,
+then rename) under `DIR/.shards/<config hash>/`, so a killed job leaves either
+a whole file or none, and a rerun of the same command (same config hash)
+reuses it. A different config (model weights, prompts, methods, metric,
+checkpoint layout...) gets its own folder. Layout (LAYOUT = 2), safetensors
+only (arrays plus a small JSON header, never pickles):
+
+- `config.json`: the job identity the folder's name hashes.
+- `shard-NNNNN.safetensors`, one per shard, from one executor task:
+  `score/<method>` float64 `[unit, layer, head]`; for the shard's i-th prompt
+  `prompt/<i>/taxonomy/<category>` `[layer, head]`, `prompt/<i>/sinks`
+  `[layer, head, key]`, `prompt/<i>/influence` and
+  `prompt/<i>/influence_baseline` `[layer, distance]`; metadata `layout`,
+  `methods` (JSON list, score order) and `prompts` (JSON: per prompt its
+  tokens, whether BOS was prepended, and its taxonomy categories in order).
+- `pruning.safetensors`, from the final task: `fractions`, `curve/<method>`
+  and `clean` (float64); metadata `layout`, `methods`, `n_prompts` and
+  `orders_sha256`, the digest of the mean scores that ranked the heads.
+
+A file of another layout (e.g. a layout-1 shard, scores only) counts as
+missing and is recomputed.
 """
 
 from __future__ import annotations
@@ -12,13 +29,23 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
+
+from headscope.experiments.summaries import PromptSummary
+from headscope.reports.summaries import PruningCurves
+
+#: Version of the checkpoint layout; part of the job identity (and so of the
+#: folder's hash), and checked in every file's metadata.
+LAYOUT = 2
 
 
 def config_hash(config: dict) -> str:
@@ -26,8 +53,26 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def orders_digest(means: Mapping[str, np.ndarray]) -> str:
+    """sha256 of the method names and mean scores (float64 bytes) that rank heads for pruning."""
+    digest = hashlib.sha256()
+    for method, mean in means.items():
+        digest.update(method.encode() + b"\0")
+        digest.update(np.ascontiguousarray(mean, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """One shard's executor task: `scores` method → float64 `[unit, layer, head]`
+    and the `summaries` of its prompts, in prompt order."""
+
+    scores: dict[str, Tensor]
+    summaries: tuple[PromptSummary, ...]
+
+
 class ShardStore:
-    """Where the shards of one report job live."""
+    """Where the checkpoints of one report job live."""
 
     def __init__(self, out_dir: str | Path, config: dict) -> None:
         self.root = Path(out_dir) / ".shards" / config_hash(config)
@@ -39,29 +84,125 @@ class ShardStore:
     def path(self, index: int) -> Path:
         return self.root / f"shard-{index:05d}.safetensors"
 
+    @property
+    def pruning_path(self) -> Path:
+        return self.root / "pruning.safetensors"
+
     def done(self, index: int) -> bool:
-        return self.path(index).is_file()
+        """Whether shard `index` is checkpointed in the current layout (reads its header only)."""
+        return _layout(self.path(index)) == str(LAYOUT)
 
-    def save(self, index: int, scores: dict[str, Tensor]) -> None:
+    def save(self, index: int, result: ShardResult) -> None:
+        tensors = {f"score/{method}": _float64(t) for method, t in result.scores.items()}
+        prompts = []
+        for i, summary in enumerate(result.summaries):
+            for name, value in summary.taxonomy.items():
+                tensors[f"prompt/{i}/taxonomy/{name}"] = _array(value)
+            tensors[f"prompt/{i}/sinks"] = _array(summary.sinks)
+            tensors[f"prompt/{i}/influence"] = _array(summary.influence)
+            tensors[f"prompt/{i}/influence_baseline"] = _array(summary.influence_baseline)
+            prompts.append(
+                {
+                    "tokens": list(summary.tokens),
+                    "bos_prepended": bool(summary.bos_prepended),
+                    "taxonomy": list(summary.taxonomy),
+                }
+            )
+        metadata = {"methods": json.dumps(list(result.scores)), "prompts": json.dumps(prompts)}
+        self._write(self.path(index), tensors, metadata)
+
+    def load(self, index: int) -> ShardResult:
+        tensors, metadata = _read(self.path(index))
+        methods = json.loads(metadata["methods"])
+        summaries = []
+        for i, prompt in enumerate(json.loads(metadata["prompts"])):
+            summaries.append(
+                PromptSummary(
+                    taxonomy={
+                        name: tensors[f"prompt/{i}/taxonomy/{name}"].numpy()
+                        for name in prompt["taxonomy"]
+                    },
+                    sinks=tensors[f"prompt/{i}/sinks"].numpy(),
+                    influence=tensors[f"prompt/{i}/influence"].numpy(),
+                    influence_baseline=tensors[f"prompt/{i}/influence_baseline"].numpy(),
+                    tokens=tuple(prompt["tokens"]),
+                    bos_prepended=prompt["bos_prepended"],
+                )
+            )
+        return ShardResult({m: tensors[f"score/{m}"] for m in methods}, tuple(summaries))
+
+    def save_pruning(self, pruning: PruningCurves, digest: str) -> None:
+        """Checkpoint the pruning curves computed from the mean scores hashed as `digest`."""
         tensors = {
-            name: t.detach().to("cpu", torch.float64).contiguous() for name, t in scores.items()
+            "fractions": torch.tensor(pruning.fractions, dtype=torch.float64),
+            "clean": torch.tensor([pruning.clean], dtype=torch.float64),
         }
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            _publish(Path(tmp), self.path(index))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        for method, values in pruning.curves.items():
+            tensors[f"curve/{method}"] = torch.tensor(values, dtype=torch.float64)
+        metadata = {
+            "methods": json.dumps(list(pruning.curves)),
+            "n_prompts": str(pruning.n_prompts),
+            "orders_sha256": digest,
+        }
+        self._write(self.pruning_path, tensors, metadata)
 
-    def load(self, index: int) -> dict[str, Tensor]:
-        return load_file(str(self.path(index)))
+    def load_pruning(self, digest: str) -> PruningCurves | None:
+        """The checkpointed curves, or None when there are none in this layout
+        or they were ranked by other mean scores than `digest`."""
+        if _layout(self.pruning_path) != str(LAYOUT):
+            return None
+        tensors, metadata = _read(self.pruning_path)
+        if metadata.get("orders_sha256") != digest:
+            return None
+        return PruningCurves(
+            fractions=tuple(tensors["fractions"].tolist()),
+            curves={
+                m: tuple(tensors[f"curve/{m}"].tolist()) for m in json.loads(metadata["methods"])
+            },
+            clean=float(tensors["clean"][0]),
+            n_prompts=int(metadata["n_prompts"]),
+        )
 
     def clean_temporaries(self) -> None:
         """Remove temporary files a killed run may have left."""
         for leftover in self.root.glob(".tmp-*"):
             leftover.unlink(missing_ok=True)
+
+    def _write(self, path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={**metadata, "layout": str(LAYOUT)})
+            _publish(Path(tmp), path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _float64(tensor: Tensor) -> Tensor:
+    return tensor.detach().to("cpu", torch.float64).contiguous()
+
+
+def _array(value: np.ndarray) -> Tensor:
+    # A contiguous copy in the array's own dtype: the reload gives back the same bits.
+    return torch.from_numpy(np.array(value, order="C", copy=True))
+
+
+def _layout(path: Path) -> str | None:
+    """The `layout` in a checkpoint's header; None when missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("layout")
+    except (SafetensorError, OSError):
+        return None
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        return {key: handle.get_tensor(key) for key in handle.keys()}, metadata  # noqa: SIM118
 
 
 def _publish(tmp: Path, path: Path) -> None:

@@ -1,11 +1,16 @@
-"""The report job: prompts -> sharded, checkpointed head scores -> report files.
+"""The report job: prompts -> sharded, checkpointed head scores and summaries -> report files.
 
     run_report(ReportConfig(model="toy-induction", prompts="examples/induction.jsonl"), "out/")
 
-Work is split into shards of `shard_size` prompts; each shard's scores are
-checkpointed atomically, so killing the job and rerunning the same command
-finishes without recomputing done shards and gives byte-identical scores.
-Progress goes to stderr (tqdm, with an ETA), never stdout.
+Work is split into shards of `shard_size` prompts. One executor task per
+shard computes its head scores and its prompts' attention summaries; one
+final task computes the pruning curves from every shard's mean scores. The
+executor runs them in this process (`local`) or on Ray actors (`ray`), and
+every result is checkpointed atomically (`reports.checkpoints`), so killing
+the job and rerunning the same command finishes without recomputing what is
+done and gives byte-identical files. The report files are then written from
+the checkpoints alone (`reports.writers`, no model). Progress goes to stderr
+(tqdm, with an ETA), never stdout.
 """
 
 from __future__ import annotations
@@ -13,16 +18,20 @@ from __future__ import annotations
 import hashlib
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from headscope.errors import InputError
-from headscope.reports.checkpoints import ShardStore
+from headscope.reports.aggregate import aggregate
+from headscope.reports.checkpoints import LAYOUT, ShardResult, ShardStore, orders_digest
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem, load_prompts
+from headscope.reports.summaries import PruningCurves, SummaryReducer
 
 Backend = Literal["local", "ray"]
 
@@ -30,8 +39,9 @@ Backend = Literal["local", "ray"]
 @dataclass(frozen=True)
 class ReportResult:
     """Scores per method `[unit, layer, head]` (units: prompts, or shards for
-    CHG, labelled in `units`), how many shards were computed now or reused, and
-    the paths written."""
+    CHG, labelled in `units`), how many shards were computed now or reused,
+    whether the pruning curves were computed now (else reused), and the paths
+    written."""
 
     out_dir: Path
     scores: dict[str, np.ndarray]
@@ -40,6 +50,7 @@ class ReportResult:
     reused_shards: int
     files: dict[str, Path]
     top_heads: dict[str, list[dict]]
+    pruning_computed: bool = False
 
 
 def file_sha256(path: str | Path) -> str:
@@ -95,9 +106,10 @@ def run_report(
 ) -> ReportResult:
     """Run (or resume) a report job and write its files into `out_dir`.
 
-    `model`: an already loaded model (else `config.model` is loaded).
-    `stop_after`: compute at most this many shards now, then stop without
-    writing the report (used to test resumption; a kill does the same).
+    `model`: an already loaded model (else `config.model` is loaded); with the
+    Ray backend it only tokenizes and identifies the weights, each actor loads
+    its own. `stop_after`: compute at most this many shards now, then stop
+    without writing the report (used to test resumption; a kill does the same).
     """
     from headscope.models.loading import load_model
     from headscope.reports.scoring import check_inputs
@@ -107,6 +119,8 @@ def run_report(
     for message in prompt_set.skipped:
         print(f"headscope: skipped {message}", file=sys.stderr)
     check_inputs(prompt_set.items, config)
+    if backend not in ("local", "ray"):
+        raise InputError(f"unknown backend {backend!r}; choose local or ray")
     if model is None:
         model = load_model(config.model)
     check_lengths(model, prompt_set.items, config.on_long)
@@ -116,6 +130,8 @@ def run_report(
         "prompts_sha256": file_sha256(config.prompts),
         "skipped_lines": list(prompt_set.skipped),
         "headscope_version": _version(),
+        # A new layout gets a new folder: shards of an older one are recomputed, never misread.
+        "checkpoint_layout": LAYOUT,
     }
     out = Path(out_dir)
     store = ShardStore(out, identity)
@@ -125,53 +141,146 @@ def run_report(
     reused = len(shards) - len(pending)
     if stop_after is not None:
         pending = pending[:stop_after]
-    if backend == "local":
-        _run_local(model, shards, pending, store, config, progress, reused)
-    elif backend == "ray":
-        from headscope.reports.ray_backend import run_ray
+    with _executor(backend, model, config, workers=workers, address=address) as executor:
+        executor.run_shards(shards, pending, store, progress=progress)
+        if stop_after is not None and any(not store.done(i) for i in range(len(shards))):
+            return ReportResult(out, {}, {}, len(pending), reused, {}, {})
+        scores, units, reducer = _collect(store, shards, config)
+        means = {method: aggregate(scores[method]).mean for method in config.methods}
+        digest = orders_digest(means)
+        pruning = store.load_pruning(digest)
+        pruning_computed = pruning is None
+        if pruning is None:
+            with _bar(1, 0, "pruning", progress, unit="task") as bar:
+                store.save_pruning(executor.prune(prompt_set.items, means), digest)
+                bar.update(1)
+            # Read back what a rerun would read, so both write the same bytes.
+            pruning = store.load_pruning(digest)
+            assert pruning is not None
+    files, top = write_outputs(
+        out,
+        config,
+        identity,
+        prompt_set,
+        scores,
+        units,
+        reducer.result(pruning),
+        spec=model.spec,
+        weights_hash=model.weights_hash,
+    )
+    return ReportResult(out, scores, units, len(pending), reused, files, top, pruning_computed)
 
-        run_ray(config, shards, pending, store, workers=workers, address=address, progress=progress)
-    else:
-        raise InputError(f"unknown backend {backend!r}; choose local or ray")
-    if stop_after is not None and any(not store.done(i) for i in range(len(shards))):
-        return ReportResult(out, {}, {}, len(pending), reused, {}, {})
-    scores, units = _collect(store, shards, config)
-    files, top = write_outputs(out, model, config, identity, prompt_set, scores, units)
-    return ReportResult(out, scores, units, len(pending), reused, files, top)
+
+class Executor(Protocol):
+    """Where a job's model-running tasks run: a context manager that scores and
+    summarizes shards (checkpointing each into `store` as it finishes) and
+    computes the pruning curves. Results are bit-identical across executors."""
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    def run_shards(
+        self,
+        shards: Sequence[tuple[PromptItem, ...]],
+        pending: Sequence[int],
+        store: ShardStore,
+        *,
+        progress: bool,
+    ) -> None: ...
+
+    def prune(
+        self, items: Sequence[PromptItem], means: Mapping[str, np.ndarray]
+    ) -> PruningCurves: ...
 
 
-def _run_local(model, shards, pending, store, config, progress, reused) -> None:
+def shard_task(model, items: Sequence[PromptItem], config: ReportConfig, index: int) -> ShardResult:
+    """One shard's executor task: its head scores and its prompts' summaries.
+    Cost: `score_shard` plus one captured forward over the shard."""
+    from headscope.reports.scoring import score_shard
+    from headscope.reports.summaries import summarize_shard
+
+    return ShardResult(
+        scores=score_shard(model, items, config, shard_index=index),
+        summaries=summarize_shard(model, items, config),
+    )
+
+
+def pruning_task(
+    model, items: Sequence[PromptItem], config: ReportConfig, means: Mapping[str, np.ndarray]
+) -> PruningCurves:
+    """The final executor task: greedy pruning curves ranked by `means` (see `summaries.prune`)."""
+    from headscope.reports.summaries import PRUNING_PROMPTS, prune
+
+    return prune(model, list(items[:PRUNING_PROMPTS]), config, means)
+
+
+class LocalExecutor:
+    """Runs every task in this process, on the driver's model."""
+
+    def __init__(self, model, config: ReportConfig) -> None:
+        self.model = model
+        self.config = config
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+    def run_shards(self, shards, pending, store, *, progress: bool) -> None:
+        with _bar(len(shards), len(shards) - len(pending), "shards", progress) as bar:
+            for index in pending:
+                store.save(index, shard_task(self.model, shards[index], self.config, index))
+                bar.update(1)
+
+    def prune(self, items, means) -> PruningCurves:
+        return pruning_task(self.model, items, self.config, means)
+
+
+def _executor(
+    backend: str, model, config: ReportConfig, *, workers: int, address: str | None
+) -> Executor:
+    if backend == "ray":
+        from headscope.reports.ray_backend import RayExecutor
+
+        return RayExecutor(config, workers=workers, address=address)
+    return LocalExecutor(model, config)
+
+
+def _bar(total: int, initial: int, desc: str, progress: bool, unit: str = "shard"):
+    """A tqdm bar on stderr (stdout holds only the CLI's summary)."""
     from tqdm import tqdm
 
-    from headscope.reports.scoring import score_shard
-
-    bar = tqdm(
-        total=len(shards),
-        initial=reused,
-        desc="shards",
-        unit="shard",
-        file=sys.stderr,
-        disable=not progress,
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, disable=not progress
     )
-    with bar:
-        for index in pending:
-            store.save(index, score_shard(model, shards[index], config, shard_index=index))
-            bar.update(1)
 
 
-def _collect(store, shards, config) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+def _collect(
+    store: ShardStore, shards, config: ReportConfig
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]], SummaryReducer]:
+    """Every shard's scores (concatenated over units) and unit labels, read back
+    from the checkpoints, and their prompt summaries fed to a reducer in prompt order."""
     scores: dict[str, list[np.ndarray]] = {}
     units: dict[str, list[str]] = {}
+    reducer = SummaryReducer()
     for index, items in enumerate(shards):
         loaded = store.load(index)
         for method in config.methods:
-            block = loaded[method].numpy()
-            scores.setdefault(method, []).append(block)
+            scores.setdefault(method, []).append(loaded.scores[method].numpy())
             if method == "chg":
                 units.setdefault(method, []).append(f"shard-{index}")
             else:
                 units.setdefault(method, []).extend(f"line-{item.line}" for item in items)
-    return {m: np.concatenate(v) for m, v in scores.items()}, units
+        for summary in loaded.summaries:
+            reducer.add(summary)
+    return {m: np.concatenate(v) for m, v in scores.items()}, units, reducer
 
 
 def _version() -> str:

@@ -1,9 +1,18 @@
 """Model-level summaries for a report, beside the head scores: head taxonomy,
 attention sinks, position bias and greedy pruning curves.
 
-Computed on the driver after the shards (one captured forward per chunk of
-prompts, plus the batched pruning forwards), with the analyses of
-`headscope.analyses` and a single intra-op thread, like the shards.
+Two executor tasks run the model (on the driver for the local backend, on a
+Ray actor for the Ray backend), and their results are checkpointed beside the
+shards (`reports.checkpoints`):
+
+- `summarize_shard`: the per-prompt attention summaries of one shard's prompts
+  (`experiments.summarize_prompts`, one captured forward per shard), computed
+  in the same task as the shard's scores;
+- `prune`: the greedy pruning curves, once every shard's scores are known
+  (they rank heads by each method's mean score).
+
+`reduce_summaries` then turns the per-prompt summaries and the curves into the
+report's `Summaries`: pure numpy and `headscope.analyses`, no model.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import torch
 
 from headscope.analyses import taxonomy
 from headscope.experiments.scoring import pruning_curves
-from headscope.experiments.summaries import summarize_prompts
+from headscope.experiments.summaries import PromptSummary, summarize_prompts
 from headscope.models.loading import HeadscopeModel
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem
@@ -26,6 +35,18 @@ from headscope.reports.scoring import scoring_prompt
 SINK_THRESHOLD = 0.3
 #: Pruning curves are evaluated on at most this many prompts (the first ones).
 PRUNING_PROMPTS = 64
+
+
+@dataclass(frozen=True)
+class PruningCurves:
+    """Greedy pruning (Michel et al. 2019): method → the metric after masking the
+    least important `fractions` of heads by that method's mean score, on the
+    first `n_prompts` prompts; `clean`: the unmasked metric."""
+
+    fractions: tuple[float, ...]
+    curves: dict[str, tuple[float, ...]]
+    clean: float
+    n_prompts: int
 
 
 @dataclass(frozen=True)
@@ -61,71 +82,148 @@ class Summaries:
     pruning_prompts: int
 
 
-def summarize(
+def summarize_shard(
+    model: HeadscopeModel, items: Sequence[PromptItem], config: ReportConfig
+) -> tuple[PromptSummary, ...]:
+    """The `PromptSummary` of each of a shard's prompts, in order. One captured
+    forward over the shard (the shard is one chunk, so the padding, and hence
+    every float, is the same whichever process runs it); one intra-op thread."""
+    return tuple(
+        summarize_prompts(
+            model,
+            [scoring_prompt(item) for item in items],
+            truncate=config.on_long == "truncate",
+            chunk=config.shard_size,
+        )
+    )
+
+
+def prune(
     model: HeadscopeModel,
     items: Sequence[PromptItem],
     config: ReportConfig,
     means: Mapping[str, np.ndarray],
-) -> Summaries:
-    """Every summary of the report (see `Summaries`); `means[method]` is that
-    method's mean score `[layer, head]`, higher = more important."""
-    prompts = [scoring_prompt(item) for item in items]
-    truncate = config.on_long == "truncate"
-    per_prompt = summarize_prompts(model, prompts, truncate=truncate, chunk=config.shard_size)
-    categories: dict[str, list[np.ndarray]] = {}
-    for summary in per_prompt:
-        for name, score in summary.taxonomy.items():
-            categories.setdefault(name, []).append(score)
-    taxonomy_means = {name: _nanmean(values) for name, values in categories.items()}
-    labels = taxonomy.head_labels({k: torch.from_numpy(v) for k, v in taxonomy_means.items()})
-    sink_alpha = np.mean([summary.sinks[:, :, 0] for summary in per_prompt], axis=0)
-    sink_heads = [
-        (int(layer), int(head)) for layer, head in np.argwhere(sink_alpha > SINK_THRESHOLD)
-    ]
-    influence = _ragged_mean([summary.influence for summary in per_prompt])
-    influence_baseline = _ragged_mean([summary.influence_baseline for summary in per_prompt])
-    peak = [int(np.nanargmax(row)) for row in influence]
-
-    pruned = prompts[:PRUNING_PROMPTS]
-    orders = {method: torch.from_numpy(mean) for method, mean in means.items()}
-    fractions, pruning, clean = pruning_curves(
+) -> PruningCurves:
+    """Greedy pruning curves on the first PRUNING_PROMPTS of `items`, ranking
+    heads by `means[method]` `[layer, head]` (higher = more important). Cost:
+    11 batched forwards per method over those prompts; one intra-op thread."""
+    prompts = [scoring_prompt(item) for item in items[:PRUNING_PROMPTS]]
+    orders = {method: torch.from_numpy(np.array(mean)) for method, mean in means.items()}
+    fractions, curves, clean = pruning_curves(
         model,
-        pruned,
+        prompts,
         orders,
         config.metric,
-        config.target,
-        truncate=truncate,  # type: ignore[arg-type]
+        config.target,  # type: ignore[arg-type]
+        truncate=config.on_long == "truncate",
     )
-    return Summaries(
-        taxonomy=taxonomy_means,
-        labels=labels,
-        sink_alpha=sink_alpha,
-        sink_heads=sink_heads,
-        sink_example=per_prompt[0].sinks,
-        sink_tokens=per_prompt[0].tokens,
-        bos_prepended=any(summary.bos_prepended for summary in per_prompt),
-        influence=influence,
-        influence_baseline=influence_baseline,
-        peak_distance=peak,
-        pruning_fractions=fractions,
-        pruning=pruning,
-        clean_metric=clean,
-        pruning_prompts=len(pruned),
+    return PruningCurves(
+        fractions=tuple(fractions),
+        curves={method: tuple(values) for method, values in curves.items()},
+        clean=clean,
+        n_prompts=len(prompts),
     )
 
 
-def _nanmean(values: list[np.ndarray]) -> np.ndarray:
-    stack = np.stack(values)
-    counts = np.isfinite(stack).sum(0)
-    total = np.where(np.isfinite(stack), stack, 0.0).sum(0)
-    return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+def reduce_summaries(per_prompt: Sequence[PromptSummary], pruning: PruningCurves) -> Summaries:
+    """The report's `Summaries` from every prompt's summary, in prompt order,
+    and the pruning curves (see `SummaryReducer`)."""
+    reducer = SummaryReducer()
+    for summary in per_prompt:
+        reducer.add(summary)
+    return reducer.result(pruning)
 
 
-def _ragged_mean(curves: list[np.ndarray]) -> np.ndarray:
-    """Mean of `[layer, distance]` curves of different lengths, per distance over
-    the curves that reach it."""
-    width = max(curve.shape[-1] for curve in curves)
-    stack = np.full((len(curves), curves[0].shape[0], width), np.nan)
-    for i, curve in enumerate(curves):
-        stack[i, :, : curve.shape[-1]] = curve
-    return _nanmean(list(stack))
+class SummaryReducer:
+    """Reduces per-prompt summaries, fed one at a time in prompt order, into the
+    report's `Summaries`. Pure numpy, no model. Sums run in prompt order (the
+    same bits as summing the stacked arrays over prompts), so the same prompts
+    give the same report on every backend and resume. Memory is independent of
+    the number of prompts: running sums and counts `[layer, head]` per category
+    and `[layer, distance]` per influence curve, plus the first prompt's sinks.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._taxonomy: dict[str, _RunningMean] = {}
+        self._alpha: _RunningMean | None = None
+        self._influence = _RunningMean()
+        self._baseline = _RunningMean()
+        self._first: PromptSummary | None = None
+        self._bos = False
+
+    def add(self, summary: PromptSummary) -> None:
+        if self._first is None:
+            self._first = summary
+        self._count += 1
+        for name, score in summary.taxonomy.items():
+            self._taxonomy.setdefault(name, _RunningMean()).add(score)
+        if self._alpha is None:
+            self._alpha = _RunningMean()
+        self._alpha.add(summary.sinks[:, :, 0])
+        self._influence.add(summary.influence)
+        self._baseline.add(summary.influence_baseline)
+        self._bos = self._bos or bool(summary.bos_prepended)
+
+    def result(self, pruning: PruningCurves) -> Summaries:
+        if self._first is None or self._alpha is None:
+            raise ValueError("no prompt summaries to reduce")
+        taxonomy_means = {name: mean.value() for name, mean in self._taxonomy.items()}
+        labels = taxonomy.head_labels({k: torch.from_numpy(v) for k, v in taxonomy_means.items()})
+        # Every prompt has an α_0 for every head (the first key is seen by every query).
+        sink_alpha = self._alpha.value()
+        sink_heads = [
+            (int(layer), int(head)) for layer, head in np.argwhere(sink_alpha > SINK_THRESHOLD)
+        ]
+        influence = self._influence.value()
+        return Summaries(
+            taxonomy=taxonomy_means,
+            labels=labels,
+            sink_alpha=sink_alpha,
+            sink_heads=sink_heads,
+            sink_example=self._first.sinks,
+            sink_tokens=self._first.tokens,
+            bos_prepended=self._bos,
+            influence=influence,
+            influence_baseline=self._baseline.value(),
+            peak_distance=[int(np.nanargmax(row)) for row in influence],
+            pruning_fractions=list(pruning.fractions),
+            pruning={method: list(values) for method, values in pruning.curves.items()},
+            clean_metric=pruning.clean,
+            pruning_prompts=pruning.n_prompts,
+        )
+
+
+class _RunningMean:
+    """Mean over the arrays added of each element's finite values (NaN where
+    none was finite). Arrays may grow along their last axis (influence curves
+    of longer prompts): each element is averaged over the arrays that reach it."""
+
+    def __init__(self) -> None:
+        self._total: np.ndarray | None = None
+        self._count: np.ndarray | None = None
+
+    def add(self, value: np.ndarray) -> None:
+        value = np.asarray(value, dtype=np.float64)
+        if self._total is None or self._count is None:
+            self._total = np.zeros(value.shape)
+            self._count = np.zeros(value.shape, dtype=np.int64)
+        width = max(self._total.shape[-1], value.shape[-1])
+        self._total = _widen(self._total, width)
+        self._count = _widen(self._count, width)
+        finite = np.isfinite(value)
+        sl = (..., slice(0, value.shape[-1]))
+        self._total[sl] = self._total[sl] + np.where(finite, value, 0.0)
+        self._count[sl] = self._count[sl] + finite
+
+    def value(self) -> np.ndarray:
+        assert self._total is not None and self._count is not None  # add() was called
+        return np.where(self._count > 0, self._total / np.maximum(self._count, 1), np.nan)
+
+
+def _widen(array: np.ndarray, width: int) -> np.ndarray:
+    if array.shape[-1] == width:
+        return array
+    wider = np.zeros((*array.shape[:-1], width), dtype=array.dtype)
+    wider[..., : array.shape[-1]] = array
+    return wider

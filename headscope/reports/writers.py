@@ -1,5 +1,8 @@
 """The report's files: report.html, report.json, head_scores.parquet and head_scores.csv.
 
+Writers only write: they take finished data (the model's `ModelSpec` and
+weights hash, the scores, the reduced `Summaries`) and never run a model.
+
 - `head_scores.parquet` / `.csv`: long format, one row per (method, unit, layer,
   head), units being prompts (`line-N`), shards (`shard-N`, CHG) and
   `aggregate:mean` (the mean over units, with its 95% t-interval).
@@ -7,9 +10,11 @@
   headscope version, per-head aggregates with 95% confidence intervals, Spearman
   rank agreement between methods, `top_heads` per method (every head, most
   important first) and the taxonomy, sink, position and pruning summaries.
-- `report.html`: one self-contained offline page, plotly.js inlined once;
-  every user-supplied string (prompts, tokens, model and file names) is
-  HTML-escaped.
+- `report.html`: one self-contained offline page rendered from the Jinja2
+  template `templates/report.html.j2` with autoescaping, so every user-supplied
+  string (prompts, tokens, model and file names) is HTML-escaped by the
+  template engine; the shared stylesheet (`figures.theme`) and plotly.js are
+  inlined once, each figure is plotly's own `<div>`.
 
 Every file is written to a temporary name and renamed into place, so a killed
 run leaves no partial file under a final name; the contents depend only on the
@@ -18,27 +23,31 @@ scores and the config (no timestamps), so a resumed run writes the same bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from html import escape
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from headscope.experiments.metrics import metric_info
 from headscope.figures.heads import importance_heatmap, label_grid, layer_head_heatmap
 from headscope.figures.heads import pruning_curve as pruning_figure
 from headscope.figures.position import influence_by_distance as influence_figure
 from headscope.figures.position import sink_scores as sink_figure
+from headscope.figures.theme import THEME_CSS
+from headscope.models.spec import ModelSpec
 from headscope.reports.aggregate import MethodAggregate, aggregate, rank_agreement, top_heads
 from headscope.reports.checkpoints import atomic_output, atomic_write_text, clean_output_temporaries
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptSet
 from headscope.reports.scoring import PER_PROMPT, SCORE_MEANING
-from headscope.reports.summaries import SINK_THRESHOLD, Summaries, summarize
+from headscope.reports.summaries import SINK_THRESHOLD, Summaries
 
 SCHEMA = "headscope.report"
 SCHEMA_VERSION = 1
@@ -46,6 +55,7 @@ SCHEMA_VERSION = 1
 TABLE_ROWS = 10
 #: Prompts listed in the HTML appendix.
 LISTED_PROMPTS = 20
+TEMPLATE = "report.html.j2"
 
 TITLES = {
     "ablation": "Zero ablation",
@@ -57,15 +67,19 @@ TITLES = {
 
 def write_outputs(
     out: str | Path,
-    model: Any,
     config: ReportConfig,
     identity: Mapping[str, Any],
     prompt_set: PromptSet,
     scores: Mapping[str, np.ndarray],
     units: Mapping[str, Sequence[str]],
+    summaries: Summaries,
+    *,
+    spec: ModelSpec,
+    weights_hash: str,
 ) -> tuple[dict[str, Path], dict[str, list[dict]]]:
     """Write every report file into `out`; return their paths and `top_heads`
-    (method → every head as `{"layer", "head", "score"}`, most important first)."""
+    (method → every head as `{"layer", "head", "score"}`, most important first).
+    Pure: no model runs here."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_output_temporaries(out)
@@ -74,7 +88,6 @@ def write_outputs(
     top = {method: top_heads(means[method]) for method in config.methods}
     table = rank_agreement(means)
     agreement = {a: {b: table[a][b] for b in config.methods} for a in config.methods}
-    summaries = summarize(model, prompt_set.items, config, means)
 
     files = {
         "parquet": out / "head_scores.parquet",
@@ -88,7 +101,16 @@ def write_outputs(
     with atomic_output(files["csv"]) as tmp:
         table.to_csv(tmp, index=False)
     document = report_document(
-        model, config, identity, prompt_set, aggregates, agreement, top, summaries, files
+        spec,
+        weights_hash,
+        config,
+        identity,
+        prompt_set,
+        aggregates,
+        agreement,
+        top,
+        summaries,
+        files,
     )
     atomic_write_text(
         files["json"], json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n"
@@ -195,7 +217,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def report_document(
-    model: Any,
+    spec: ModelSpec,
+    weights_hash: str,
     config: ReportConfig,
     identity: Mapping[str, Any],
     prompt_set: PromptSet,
@@ -206,7 +229,6 @@ def report_document(
     files: Mapping[str, Path],
 ) -> dict[str, Any]:
     """The contents of report.json (NaN becomes null when written)."""
-    spec = model.spec
     heads = {}
     for method, result in aggregates.items():
         rows = []
@@ -236,7 +258,7 @@ def report_document(
         "model": {
             "name": spec.name,
             "source": config.model,
-            "weights_hash": model.weights_hash,
+            "weights_hash": weights_hash,
             "spec": spec.to_dict(),
         },
         "config": config.to_dict(),
@@ -289,20 +311,21 @@ def report_document(
 
 # -- report.html --------------------------------------------------------------------------------
 
-_STYLE = """
-body { font-family: Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif; color: #222;
-       margin: 0 auto; max-width: 1200px; padding: 0 24px 48px; }
-h1 { font-size: 22px; margin: 24px 0 4px; } h2 { font-size: 17px; margin: 32px 0 8px;
-     border-bottom: 1px solid #ddd; padding-bottom: 4px; }
-h3 { font-size: 14px; margin: 16px 0 4px; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f4f6f8; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tbody.method tr:first-child td { border-top: 2px solid #999; }
-code, .mono { font-family: 'DejaVu Sans Mono', Menlo, Consolas, monospace; font-size: 12px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 12px; }
-.note { color: #555; font-size: 13px; max-width: 900px; }
-"""
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The template environment: autoescape on, undefined names are errors."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("headscope.reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters["number"] = _number
+    environment.filters["label"] = lambda name: name.replace("_", " ")
+    return environment
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -311,12 +334,16 @@ def _number(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def _figure(figure: Any, name: str) -> str:
-    return figure.to_html(
-        full_html=False,
-        include_plotlyjs=False,
-        div_id=f"figure-{name}",
-        config={"displaylogo": False, "responsive": True},
+def _figure(figure: Any, name: str) -> Markup:
+    # plotly's own div and script: trusted markup (its labels are escaped by
+    # figures.style.plotly_text, its JSON by plotly), so it is not escaped again.
+    return Markup(
+        figure.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"figure-{name}",
+            config={"displaylogo": False, "responsive": True},
+        )
     )
 
 
@@ -326,34 +353,44 @@ def render_html(
     aggregates: Mapping[str, MethodAggregate],
     summaries: Summaries,
 ) -> str:
-    """The self-contained report page (plotly.js inlined once, in the head)."""
+    """The self-contained report page (plotly.js inlined once, in the head),
+    rendered from `templates/report.html.j2`."""
     from plotly.offline import get_plotlyjs
 
-    model = document["model"]
-    sections = [
-        _summary_section(document),
-        _top_section(document, summaries),
-        _heatmap_section(aggregates),
-        _agreement_section(document),
-        _taxonomy_section(summaries),
-        _pruning_section(document, summaries),
-        _sink_section(summaries),
-        _position_section(summaries),
-        _prompts_section(prompt_set),
-    ]
-    title = f"headscope report: {model['name']}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n"
-        f'<script type="text/javascript">{get_plotlyjs()}</script>\n'
-        "</head>\n<body>\n"
-        f"<h1>{escape(title)}</h1>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
-    )
+    context = {
+        "title": f"headscope report: {document['model']['name']}",
+        "theme_css": Markup(THEME_CSS),
+        "plotly_js": Markup(get_plotlyjs()),
+        "run": _run_rows(document),
+        "top": _top_rows(document, summaries),
+        "meanings": [(method, SCORE_MEANING[method]) for method in aggregates],
+        "heatmaps": [_heatmap(method, result) for method, result in aggregates.items()],
+        "agreement": _agreement(document),
+        "taxonomy": _taxonomy(summaries),
+        "pruning_figure": _pruning(document, summaries),
+        "sinks": _sinks(summaries),
+        "peak_distance": summaries.peak_distance,
+        "position_figure": _figure(
+            influence_figure(
+                summaries.influence,
+                summaries.influence_baseline,
+                baseline_name="causal mask only",
+                title="Cumulative influence by distance, mean over prompts",
+            ),
+            "position",
+        ),
+        "prompts": {
+            "listed": prompt_set.items[:LISTED_PROMPTS],
+            "skipped": list(prompt_set.skipped),
+            "more": len(prompt_set.items) - LISTED_PROMPTS,
+        },
+    }
+    return _environment().get_template(TEMPLATE).render(context)
 
 
-def _summary_section(document: Mapping[str, Any]) -> str:
+def _run_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     config, model, prompts = document["config"], document["model"], document["prompts"]
-    rows = [
+    return [
         ("model", model["name"]),
         ("weights sha256", model["weights_hash"]),
         ("architecture", model["spec"]["architecture"]),
@@ -370,93 +407,55 @@ def _summary_section(document: Mapping[str, Any]) -> str:
         ("long prompts", config["on_long"]),
         ("headscope", document["headscope_version"]),
     ]
-    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
-    return f'<section id="summary"><table id="run">{body}</table></section>'
 
 
-def _label(summaries: Summaries, layer: int, head: int) -> str:
-    return summaries.labels[layer][head].replace("_", " ")
-
-
-def _top_section(document: Mapping[str, Any], summaries: Summaries) -> str:
-    parts = []
+def _top_rows(document: Mapping[str, Any], summaries: Summaries) -> list[dict[str, Any]]:
+    """Per method, its TABLE_ROWS best heads with score, 95% interval (None
+    when undefined) and taxonomy label."""
+    methods = []
     for method, rows in document["top_heads"].items():
         result = document["aggregates"][method]["heads"]
         intervals = {(r["layer"], r["head"]): (r["ci_low"], r["ci_high"]) for r in result}
-        body = []
+        shown = []
         for rank, row in enumerate(rows[:TABLE_ROWS], start=1):
             layer, head = row["layer"], row["head"]
             low, high = intervals[(layer, head)]
-            interval = (
-                "–"
-                if low is None or not math.isfinite(low)
-                else (f"[{_number(low)}, {_number(high)}]")
+            defined = low is not None and math.isfinite(low)
+            shown.append(
+                {
+                    "rank": rank,
+                    "layer": layer,
+                    "head": head,
+                    "score": row["score"],
+                    "interval": (low, high) if defined else None,
+                    "label": summaries.labels[layer][head],
+                }
             )
-            body.append(
-                f'<tr data-method="{escape(method)}" data-rank="{rank}" '
-                f'data-layer="{layer}" data-head="{head}">'
-                f'<td>{escape(method)}</td><td class="num">{rank}</td>'
-                f'<td class="mono">L{layer}.H{head}</td>'
-                f'<td class="num">{_number(row["score"])}</td><td class="num">{interval}</td>'
-                f"<td>{escape(_label(summaries, layer, head))}</td></tr>"
-            )
-        parts.append(
-            f'<tbody class="method" data-method="{escape(method)}">{"".join(body)}</tbody>'
-        )
-    return (
-        '<section id="top"><h2>Top heads per method</h2>'
-        '<p class="note">Heads ranked by their mean score over prompts (over shards for CHG); '
-        "higher is more important for every method. 95% t-intervals of the mean.</p>"
-        '<table id="top-heads"><thead><tr><th>method</th><th>rank</th><th>head</th>'
-        "<th>score</th><th>95% CI</th><th>taxonomy label</th></tr></thead>"
-        + "".join(parts)
-        + "</table></section>"
-    )
+        methods.append({"name": method, "rows": shown})
+    return methods
 
 
-def _heatmap_section(aggregates: Mapping[str, MethodAggregate]) -> str:
-    figures = []
-    for method, result in aggregates.items():
-        figure = importance_heatmap(
-            result.mean,
-            title=f"{TITLES[method]}: mean over {result.n} {_unit_name(method)}",
-            colorbar_title=method,
-            zmax=1.0 if method == "chg" else None,
-        )
-        figures.append(f"<div>{_figure(figure, f'heatmap-{method}')}</div>")
-    notes = "".join(
-        f"<li><b>{escape(method)}</b>: {escape(SCORE_MEANING[method])}</li>"
-        for method in aggregates
+def _heatmap(method: str, result: MethodAggregate) -> Markup:
+    figure = importance_heatmap(
+        result.mean,
+        title=f"{TITLES[method]}: mean over {result.n} {_unit_name(method)}",
+        colorbar_title=method,
+        zmax=1.0 if method == "chg" else None,
     )
-    return (
-        '<section id="heatmaps"><h2>Layer × head scores</h2>'
-        f'<ul class="note">{notes}</ul><div class="grid">{"".join(figures)}</div></section>'
-    )
+    return _figure(figure, f"heatmap-{method}")
 
 
 def _unit_name(method: str) -> str:
     return "prompts" if method in PER_PROMPT else "shards"
 
 
-def _agreement_section(document: Mapping[str, Any]) -> str:
+def _agreement(document: Mapping[str, Any]) -> dict[str, Any]:
     matrix = document["rank_agreement"]["matrix"]
     names = list(matrix)
-    head = "".join(f"<th>{escape(n)}</th>" for n in names)
-    body = "".join(
-        f"<tr><th>{escape(a)}</th>"
-        + "".join(f'<td class="num">{_number(matrix[a][b], 3)}</td>' for b in names)
-        + "</tr>"
-        for a in names
-    )
-    return (
-        '<section id="agreement"><h2>Method agreement</h2>'
-        '<p class="note">Spearman rank correlation between the methods\' mean head scores.</p>'
-        f'<table id="agreement-table"><thead><tr><th></th>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table></section>"
-    )
+    return {"names": names, "rows": [(a, [matrix[a][b] for b in names]) for a in names]}
 
 
-def _taxonomy_section(summaries: Summaries) -> str:
+def _taxonomy(summaries: Summaries) -> dict[str, Any]:
     labels = summaries.labels
     best = np.full((len(labels), len(labels[0])), np.nan)
     stacked = np.stack([np.nan_to_num(v, nan=-1.0) for v in summaries.taxonomy.values()])
@@ -469,47 +468,31 @@ def _taxonomy_section(summaries: Summaries) -> str:
             )
     figure = label_grid(labels, scores=best, title="Primary taxonomy label per head")
     names = list(summaries.taxonomy)
-    header = "".join(f"<th>{escape(n.replace('_', ' '))}</th>" for n in names)
-    rows = []
-    for layer, row in enumerate(labels):
-        for head, label in enumerate(row):
-            cells = "".join(
-                f'<td class="num">{_number(summaries.taxonomy[n][layer, head], 3)}</td>'
-                for n in names
-            )
-            rows.append(
-                f'<tr><td class="mono">L{layer}.H{head}</td>'
-                f"<td>{escape(label.replace('_', ' '))}</td>{cells}</tr>"
-            )
-    return (
-        '<section id="taxonomy"><h2>Head taxonomy</h2>'
-        '<p class="note">Attention mass on each category\'s ideal pattern, mean over prompts '
-        "(transformer-lens head detector style); the label is the best specific category above "
-        "its threshold.</p>"
-        f"{_figure(figure, 'taxonomy')}"
-        f'<table id="taxonomy-table"><thead><tr><th>head</th><th>label</th>{header}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
-    )
+    rows = [
+        {
+            "layer": layer,
+            "head": head,
+            "label": label,
+            "scores": [summaries.taxonomy[name][layer, head] for name in names],
+        }
+        for layer, row in enumerate(labels)
+        for head, label in enumerate(row)
+    ]
+    return {"figure": _figure(figure, "taxonomy"), "names": names, "rows": rows}
 
 
-def _pruning_section(document: Mapping[str, Any], summaries: Summaries) -> str:
-    metric = document["metric"]["name"]
+def _pruning(document: Mapping[str, Any], summaries: Summaries) -> Markup:
     figure = pruning_figure(
         summaries.pruning_fractions,
         summaries.pruning,
-        metric_name=metric,
+        metric_name=document["metric"]["name"],
         baseline=summaries.clean_metric,
         title=f"Greedy pruning curve ({summaries.pruning_prompts} prompts)",
     )
-    return (
-        '<section id="pruning"><h2>Pruning curve</h2>'
-        '<p class="note">The metric with the least important fraction of heads zero-ablated, '
-        "by each method's ranking (Michel et al. 2019).</p>"
-        f"{_figure(figure, 'pruning')}</section>"
-    )
+    return _figure(figure, "pruning")
 
 
-def _sink_section(summaries: Summaries) -> str:
+def _sinks(summaries: Summaries) -> dict[str, Any]:
     alpha = layer_head_heatmap(
         summaries.sink_alpha,
         title="Sink score α₀ of the first token, mean over prompts",
@@ -523,53 +506,10 @@ def _sink_section(summaries: Summaries) -> str:
         threshold=SINK_THRESHOLD,
         title="Sink scores α_k on the first prompt",
     )
-    heads = ", ".join(f"L{layer}.H{head}" for layer, head in summaries.sink_heads) or "none"
-    bos = "a BOS token was prepended" if summaries.bos_prepended else "no BOS token was prepended"
-    return (
-        '<section id="sinks"><h2>Attention sinks</h2>'
-        f'<p class="note">Sink heads (α₀ &gt; {SINK_THRESHOLD:g}): '
-        f'<span id="sink-heads">{escape(heads)}</span>; {escape(bos)}.</p>'
-        f'<div class="grid"><div>{_figure(alpha, "sink-alpha")}</div>'
-        f"<div>{_figure(example, 'sink-example')}</div></div></section>"
-    )
-
-
-def _position_section(summaries: Summaries) -> str:
-    figure = influence_figure(
-        summaries.influence,
-        summaries.influence_baseline,
-        baseline_name="causal mask only",
-        title="Cumulative influence by distance, mean over prompts",
-    )
-    peaks = ", ".join(
-        f"after layer {layer}: {distance}" for layer, distance in enumerate(summaries.peak_distance)
-    )
-    return (
-        '<section id="position"><h2>Position bias</h2>'
-        '<p class="note">Influence of keys at each query − key distance through the stacked, '
-        "head-averaged attention maps (no residual; Wu et al. 2025), against the same "
-        f"computation on the mask alone. Most influential distance {escape(peaks)}.</p>"
-        f"{_figure(figure, 'position')}</section>"
-    )
-
-
-def _prompts_section(prompt_set: PromptSet) -> str:
-    rows = []
-    for item in prompt_set.items[:LISTED_PROMPTS]:
-        cells = [item.prompt, item.target or "", item.corrupted or ""]
-        rows.append(
-            f'<tr><td class="num">{item.line}</td>'
-            + "".join(f'<td class="mono">{escape(c)}</td>' for c in cells)
-            + "</tr>"
-        )
-    skipped = "".join(f"<li>{escape(message)}</li>" for message in prompt_set.skipped)
-    more = len(prompt_set.items) - LISTED_PROMPTS
-    return (
-        '<section id="prompts"><h2>Prompts</h2>'
-        + (f'<p class="note">Skipped lines:</p><ul class="note">{skipped}</ul>' if skipped else "")
-        + '<table id="prompt-table"><thead><tr><th>line</th><th>prompt</th><th>target</th>'
-        "<th>corrupted</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        + (f'<p class="note">… and {more} more.</p>' if more > 0 else "")
-        + "</section>"
-    )
+    return {
+        "threshold": f"{SINK_THRESHOLD:g}",
+        "heads": [f"L{layer}.H{head}" for layer, head in summaries.sink_heads],
+        "bos_prepended": summaries.bos_prepended,
+        "alpha_figure": _figure(alpha, "sink-alpha"),
+        "example_figure": _figure(example, "sink-example"),
+    }

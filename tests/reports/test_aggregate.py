@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from headscope.reports.aggregate import aggregate, rank_agreement, top_heads
-from headscope.reports.checkpoints import ShardStore, config_hash
+from headscope.reports.checkpoints import ShardResult, ShardStore, config_hash
 
 
 def test_interval_matches_scipy():
@@ -36,9 +36,9 @@ def test_shard_store_round_trip_and_identity(tmp_path):
 
     store = ShardStore(tmp_path, {"x": 1})
     assert not store.done(0)
-    store.save(0, {"ablation": torch.arange(6.0).reshape(1, 2, 3)})
+    store.save(0, ShardResult({"ablation": torch.arange(6.0).reshape(1, 2, 3)}, ()))
     assert store.done(0) and torch.equal(
-        store.load(0)["ablation"], torch.arange(6.0).reshape(1, 2, 3).double()
+        store.load(0).scores["ablation"], torch.arange(6.0).reshape(1, 2, 3).double()
     )
     assert config_hash({"x": 1}) != config_hash({"x": 2})
     assert ShardStore(tmp_path, {"x": 2}).root != store.root

@@ -1,5 +1,6 @@
-"""The Ray backend on a local 2-CPU cluster: one model per actor, scores and
-files byte-identical to the local backend."""
+"""The Ray backend on a local 2-CPU cluster: one model per actor, every
+model-running task (shard scores, prompt summaries, pruning curves) on the
+actors, scores and files byte-identical to the local backend."""
 
 from __future__ import annotations
 
@@ -23,16 +24,32 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_ray_backend_equals_the_local_backend(
-    ray_cluster, toy_model, fast_config, local_report, tmp_path
+    ray_cluster, toy_model, fast_config, local_report, tmp_path, monkeypatch
 ):
+    import headscope.reports.job as job
+    import headscope.reports.scoring as scoring
+    import headscope.reports.summaries as summaries
+
+    def on_the_driver(*args, **kwargs):
+        raise AssertionError("a model-running task ran on the driver")
+
+    # The actors import their own (unpatched) modules: only the driver's tasks fail.
+    for module, name in (
+        (job, "shard_task"),
+        (job, "pruning_task"),
+        (scoring, "score_shard"),
+        (summaries, "summarize_shard"),
+        (summaries, "prune"),
+    ):
+        monkeypatch.setattr(module, name, on_the_driver)
     result = run_report(
         fast_config, tmp_path / "ray", backend="ray", workers=2, model=toy_model, progress=False
     )
-    assert (result.computed_shards, result.reused_shards) == (3, 0)
+    assert (result.computed_shards, result.reused_shards, result.pruning_computed) == (3, 0, True)
     assert ray_cluster.is_initialized()  # a cluster it did not start is left running
     assert result.units == local_report.units
     for method, reference in local_report.scores.items():
         assert result.scores[method].tobytes() == reference.tobytes(), method
-    for name in ("csv", "parquet", "json"):
+    for name in ("csv", "parquet", "json", "html"):
         assert result.files[name].read_bytes() == local_report.files[name].read_bytes(), name
     assert result.top_heads == local_report.top_heads

@@ -1,16 +1,23 @@
 """End-to-end report for toy-induction: the circuit ranked first, report.json
-contents, the long score table, a self-contained and escaped HTML page."""
+contents, the long score table, a self-contained and escaped HTML page, and
+files written from the checkpoints alone (no model)."""
 
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from headscope.models.spec import ModelSpec
+from headscope.reports.checkpoints import ShardStore, orders_digest
 from headscope.reports.config import ReportConfig
 from headscope.reports.job import run_report
+from headscope.reports.prompts import load_prompts
+from headscope.reports.summaries import SummaryReducer
+from headscope.reports.writers import write_outputs
 
 
 def _strict_json(path):
@@ -132,17 +139,79 @@ def test_html_is_self_contained_with_plotly_inlined_once(local_report):
     assert not list(local_report.out_dir.glob(".*.tmp"))
 
 
+class _Cells(HTMLParser):
+    """The text of every table cell, as a browser shows it (entities decoded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[str] = []
+        self._open = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "td":
+            self._open = True
+            self.cells.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._open = False
+
+    def handle_data(self, data):
+        if self._open:
+            self.cells[-1] += data
+
+
 def test_user_text_is_escaped_in_the_html(toy_model, tmp_path):
+    hostile = "red cat <script>alert('x')</script> blue dog red cat blue dog"
+    bold = "sun & tree <b>bold</b> sun tree"
     prompts = tmp_path / "hostile.txt"
-    prompts.write_text(
-        "red cat <script>alert('x')</script> blue dog red cat blue dog\n"
-        "sun & tree <b>bold</b> sun tree\n",
-        encoding="utf-8",
-    )
+    prompts.write_text(f"{hostile}\n{bold}\n", encoding="utf-8")
     config = ReportConfig(model="toy-induction", prompts=str(prompts), methods=("ablation",))
     result = run_report(config, tmp_path / "out", model=toy_model, progress=False)
     text = result.files["html"].read_text(encoding="utf-8")
     body = text.split("</head>", 1)[1]
     assert "<script>alert" not in body and "<b>bold</b>" not in body
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in body
-    assert "sun &amp; tree &lt;b&gt;bold&lt;/b&gt;" in body
+    assert "&lt;script&gt;alert(" in body and "sun &amp; tree &lt;b&gt;bold&lt;/b&gt;" in body
+    # escaped, not mangled: the page shows each prompt exactly as written
+    parser = _Cells()
+    parser.feed(body)
+    assert hostile in parser.cells and bold in parser.cells
+    assert str(prompts) in parser.cells  # the prompt file's name, in the run table
+
+
+def test_report_files_are_written_from_the_checkpoints_alone(local_report, fast_config, tmp_path):
+    """The writers take finished data: scores, prompt summaries and pruning curves
+    read back from the checkpoints, the spec and weights hash from report.json.
+    No model is loaded, and the files come out byte-identical."""
+    (folder,) = (local_report.out_dir / ".shards").iterdir()
+    identity = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    store = ShardStore(local_report.out_dir, identity)
+    assert store.root == folder
+    document = _strict_json(local_report.files["json"])
+    prompt_set = load_prompts(fast_config.prompts)
+    loaded = [store.load(i) for i in range(len(list(folder.glob("shard-*.safetensors"))))]
+    assert sum(len(shard.summaries) for shard in loaded) == len(prompt_set.items)
+    scores = {
+        m: np.concatenate([shard.scores[m].numpy() for shard in loaded])
+        for m in fast_config.methods
+    }
+    reducer = SummaryReducer()
+    for shard in loaded:
+        for summary in shard.summaries:
+            reducer.add(summary)
+    pruning = store.load_pruning(orders_digest({m: s.mean(0) for m, s in scores.items()}))
+    assert pruning is not None
+    files, top = write_outputs(
+        tmp_path,
+        fast_config,
+        identity,
+        prompt_set,
+        scores,
+        local_report.units,
+        reducer.result(pruning),
+        spec=ModelSpec(**document["model"]["spec"]),
+        weights_hash=document["model"]["weights_hash"],
+    )
+    assert top == local_report.top_heads
+    for name, path in files.items():
+        assert path.read_bytes() == local_report.files[name].read_bytes(), name
