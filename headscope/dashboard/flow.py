@@ -214,8 +214,8 @@ def flow_outputs(
             if note:
                 warnings.append(note)
     notes = [
-        alert("; ".join(dict.fromkeys(problems)), kind="info") if problems else None,
-        alert("\n".join(warnings), kind="info") if warnings else None,
+        alert("; ".join(dict.fromkeys(problems)), kind="warning") if problems else None,
+        alert("\n".join(warnings), kind="warning") if warnings else None,
         html.P(relevance_note, className="hs-note"),
     ]
     return figure, chips, html.Div([note for note in notes if note is not None])

@@ -146,7 +146,7 @@ def head_side(session: ModelSession, pathname: str | None, store: dict | None) -
             ),
         ]
     except Exception as error:
-        taxonomy = alert(describe(error, "the head taxonomy"), kind="info")
+        taxonomy = alert(describe(error, "the head taxonomy"), kind="warning")
     return stats_table(rows), taxonomy
 
 

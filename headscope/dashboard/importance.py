@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from dash import Dash, Input, Output, State, dcc, html
 
+from headscope.analyses.uncertainty import bootstrap_interval
 from headscope.dashboard.background import POLL_INTERVAL_MS
 from headscope.dashboard.components import card, graph, page_header, progress_block
 from headscope.dashboard.examples import prompt_set
@@ -22,8 +23,10 @@ from headscope.dashboard.messages import alert, describe
 from headscope.dashboard.session import ModelSession
 from headscope.experiments.metrics import default_metric, metric_info
 from headscope.experiments.scoring import HeadScores, pruning_curves, score_heads
+from headscope.experiments.targets import TARGET_RULES
 from headscope.figures.heads import importance_heatmap, label_grid, pruning_curve
 from headscope.figures.style import message_figure
+from headscope.models.spec import ModelSpec
 
 METHODS = ("ablation", "gradient", "chg")
 ABLATION_MODES = ("zero", "mean")
@@ -41,12 +44,27 @@ OUTPUT_IDS = (
 
 
 TARGET = "auto"
+#: Target rules a prompt line can use (a "continuation" needs a target text).
+TARGET_CHOICES = ("auto", "all", "repeats", "last")
 
 
 def metric_for(session: ModelSession) -> tuple[str, str]:
-    """(metric name, what it measures): loss for LMs, embedding cosine for encoders."""
+    """(default metric name, what it measures): loss for LMs, embedding cosine for encoders."""
     info = metric_info(default_metric(session.require_model().spec.has_lm_head))
     return info.name, f"{info.description} ({info.unit}, {info.better})"
+
+
+def metric_choices(spec: ModelSpec | None) -> tuple[str, ...]:
+    """The metrics this model can be scored with from plain prompt lines: the
+    loss needs a trained LM head; the embedding cosine works on any model."""
+    if spec is not None and spec.has_lm_head:
+        return ("loss", "embedding_cosine")
+    return ("embedding_cosine",)
+
+
+def _option(name: str) -> dict:
+    info = metric_info(name)
+    return {"label": f"{name} ({info.better})", "value": name}
 
 
 def layout(session: ModelSession) -> list:
@@ -55,7 +73,8 @@ def layout(session: ModelSession) -> list:
     return [
         *page_header(
             "Head importance",
-            f"Over the prompt set below. Metric: {described}.",
+            f"Over the prompt set below. Default metric: {described}; the loss scores the "
+            "target tokens (auto: a repeat's predictable tokens, else every token).",
             "imp-message",
         ),
         card(
@@ -97,6 +116,31 @@ def layout(session: ModelSession) -> list:
                                 value="zero",
                                 inline=True,
                                 options=[{"label": f" {m} ", "value": m} for m in ABLATION_MODES],
+                            ),
+                        ],
+                        className="hs-control",
+                    ),
+                    html.Div(
+                        [
+                            html.Label("metric", htmlFor="imp-metric"),
+                            dcc.Dropdown(
+                                id="imp-metric",
+                                value=default_metric(spec.has_lm_head) if spec else None,
+                                clearable=False,
+                                options=[_option(m) for m in metric_choices(spec)],
+                                style={"width": "250px"},
+                            ),
+                            html.Label("target tokens (loss)", htmlFor="imp-target"),
+                            dcc.Dropdown(
+                                id="imp-target",
+                                value=TARGET,
+                                clearable=False,
+                                options=[
+                                    {"label": f"{rule}: {TARGET_RULES[rule]}", "value": rule}
+                                    for rule in TARGET_CHOICES
+                                ],
+                                style={"width": "250px"},
+                                optionHeight=52,
                             ),
                         ],
                         className="hs-control",
@@ -171,22 +215,28 @@ def importance_scores(
     seeds: object,
     steps: object,
     progress: Callable[[int, int, str], None] | None = None,
+    *,
+    metric: object = None,
+    target: object = TARGET,
 ) -> HeadScores:
     """The page's head scores: `score_heads` on the prompt lines with the
-    page's metric and target, exactly what `headscope report` computes for the
-    same prompts, methods, metric and target (seed 0, one shard)."""
+    chosen metric (default: the model's, `metric_for`) and target rule,
+    exactly what `headscope report` computes for the same prompts, methods,
+    metric and target (seed 0, one shard). Choices are validated here: a
+    value the page does not offer falls back to its default."""
     prompts = prompt_lines(prompts_text)
     for prompt in prompts:
         session.tokenize(prompt)  # a clear message for an empty or too long line
     chosen = [m for m in METHODS if isinstance(methods, list) and m in methods]
-    metric, _ = metric_for(session)
+    default, _ = metric_for(session)
+    spec = session.require_model().spec
     with session.lock:
         return score_heads(
             session.require_model(),
             prompts,
             chosen,
-            metric,
-            TARGET,
+            choice(metric, metric_choices(spec), default),
+            choice(target, TARGET_CHOICES, TARGET),  # type: ignore[arg-type]
             chg_seeds=choice(seeds, SEED_CHOICES, 3),
             chg_steps=choice(steps, STEP_CHOICES, DEFAULT_STEPS),
             ablation_mode=choice(mode, ABLATION_MODES, "zero"),
@@ -202,25 +252,38 @@ def importance_outputs(
     seeds: object,
     steps: object,
     progress: Callable[[int, int, str], None] | None = None,
+    *,
+    metric: object = None,
+    target: object = TARGET,
 ) -> tuple:
     """The six figures (ablation, gradient, CHG facilitation, interference,
-    roles, pruning) and a message. Methods not asked for show a note."""
+    roles, pruning) and a message saying what was measured. Methods not asked
+    for show a note; methods whose scores say nothing here (a degenerate CHG
+    fit, a gradient with no first-order signal) show why instead of a map.
+    Hovers give each score's 95% bootstrap interval over the prompts (over the
+    seeds for CHG); signed effects whose interval includes zero are marked n.s."""
     report = progress or (lambda done, total, label: None)
     if not (isinstance(methods, list) and any(m in METHODS for m in methods)):
         blank = message_figure("choose at least one method")
         return (*(blank,) * len(OUTPUT_IDS), alert("choose at least one method"))
-    scores = importance_scores(session, prompts_text, methods, mode, seeds, steps, progress)
+    scores = importance_scores(
+        session, prompts_text, methods, mode, seeds, steps, progress, metric=metric, target=target
+    )
+    over = f"95% bootstrap over {len(scores.prompts)} prompts"
     skipped = message_figure("not selected")
     figures = dict.fromkeys(OUTPUT_IDS, skipped)
     orders = {}
     if "ablation" in scores.methods:
         effect = scores.methods["ablation"].effect
         assert effect is not None
+        spread = bootstrap_interval(effect)
         figures["imp-ablation"] = importance_heatmap(
-            effect.mean(0),
+            spread.mean,
             title=f"{scores.ablation_mode} ablation",
-            colorbar_title="Δ metric",
+            colorbar_title=f"Δ {scores.metric.name}",
             signed=True,
+            interval=(spread.low, spread.high),
+            support=over,
         )
         orders["ablation"] = scores.mean("ablation")
     warnings = []
@@ -231,11 +294,14 @@ def importance_outputs(
         if gradient.warning is not None and not bool(gradient.scores.any()):
             figures["imp-gradient"] = message_figure("no first-order signal (see the message)")
         else:
+            spread = scores.interval("gradient")
             figures["imp-gradient"] = importance_heatmap(
-                scores.mean("gradient"),
+                spread.mean,
                 title="Michel et al. importance",
                 colorbar_title="importance",
                 signed=False,
+                interval=(spread.low, spread.high),
+                support=over,
             )
             orders["gradient"] = scores.mean("gradient")
     if scores.chg is not None and scores.chg.warning is not None:
@@ -245,19 +311,26 @@ def importance_outputs(
             figures[key] = degenerate
     elif scores.chg is not None:
         result = scores.chg
+        seeds_over = f"95% bootstrap over {result.g_minus.shape[0]} seeds"
+        facilitation = bootstrap_interval(result.facilitation_per_seed)
+        interference = bootstrap_interval(result.interference_per_seed)
         figures["imp-chg-facilitation"] = importance_heatmap(
-            result.facilitation,
+            facilitation.mean,
             title="facilitation",
             colorbar_title="G⁻",
             signed=False,
             zmax=1.0,
+            interval=(facilitation.low, facilitation.high),
+            support=seeds_over,
         )
         figures["imp-chg-interference"] = importance_heatmap(
-            result.interference,
+            interference.mean,
             title="interference",
             colorbar_title="1 − G⁺",
             signed=False,
             zmax=1.0,
+            interval=(interference.low, interference.high),
+            support=seeds_over,
         )
         figures["imp-chg-roles"] = label_grid(
             [list(row) for row in result.roles], title=f"{result.g_plus.shape[0]} seeds"
@@ -273,7 +346,7 @@ def importance_outputs(
             prompt_lines(prompts_text),
             orders,
             scores.metric.name,
-            TARGET,
+            scores.target,  # type: ignore[arg-type]
             ablation_mode=scores.ablation_mode,
         )
     figures["imp-pruning"] = pruning_curve(
@@ -303,6 +376,8 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("imp-mode", "value"),
         State("imp-seeds", "value"),
         State("imp-steps", "value"),
+        State("imp-metric", "value"),
+        State("imp-target", "value"),
         background=True,
         manager=manager,
         interval=POLL_INTERVAL_MS,
@@ -319,13 +394,23 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         cancel=[Input("imp-cancel", "n_clicks")],
         prevent_initial_call=True,
     )
-    def _importance(set_progress, _clicks, prompts_text, methods, mode, seeds, steps):
+    def _importance(
+        set_progress, _clicks, prompts_text, methods, mode, seeds, steps, metric, target
+    ):
         def report(done, total, label):
             set_progress((str(done), str(total), label))
 
         try:
             return importance_outputs(
-                session, prompts_text, methods, mode, seeds, steps, progress=report
+                session,
+                prompts_text,
+                methods,
+                mode,
+                seeds,
+                steps,
+                progress=report,
+                metric=metric,
+                target=target,
             )
         except Exception as error:
             message = describe(error, "the importance job")

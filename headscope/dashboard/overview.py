@@ -97,7 +97,7 @@ def overview_outputs(session: ModelSession, store: dict | None) -> tuple:
     sink_figure = layer_head_heatmap(
         sink, colorbar_title=sink_title, layer_index=layers, head_index=heads, zmin=0.0, zmax=1.0
     )
-    message = alert("; ".join(dict.fromkeys(problems)), kind="info") if problems else None
+    message = alert("; ".join(dict.fromkeys(problems)), kind="warning") if problems else None
     return (token_chips(state.tokens), grid, entropy, sink_figure, labels_figure, message)
 
 

@@ -129,7 +129,7 @@ def position_outputs(
     except Exception as error:
         problems.append(describe(error, "the influence curves"))
         influence = message_figure("influence curves unavailable")
-    message = alert("; ".join(dict.fromkeys(problems)), kind="info") if problems else None
+    message = alert("; ".join(dict.fromkeys(problems)), kind="warning") if problems else None
     return text, sinks, influence, message
 
 

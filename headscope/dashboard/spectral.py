@@ -197,7 +197,7 @@ def spectral_outputs(
     except Exception as error:
         problems.append(describe(error, "the Marchenko–Pastur fit"))
         mp = message_figure("Marchenko–Pastur fit unavailable")
-    message = alert("; ".join(problems), kind="info") if problems else None
+    message = alert("; ".join(problems), kind="warning") if problems else None
     return spectra_figure, mp, stable, effective, copying, message
 
 

@@ -41,7 +41,8 @@ body { margin: 0; background: var(--hs-bg); }
 .hs-alert { border-radius: 6px; padding: 9px 12px; margin: 0 0 12px 0; font-size: 13px;
   white-space: pre-wrap; overflow-wrap: anywhere; }
 .hs-alert-error { background: var(--hs-red-soft); color: var(--hs-red); border: 1px solid #f5c2bd; }
-.hs-alert-info { background: var(--hs-amber-soft); color: #7a5200; border: 1px solid #f0dca8; }
+.hs-alert-info { background: #eef3fb; color: #1d3a66; border: 1px solid #c9d8ee; }
+.hs-alert-warning { background: var(--hs-amber-soft); color: #7a5200; border: 1px solid #f0dca8; }
 .hs-tokens { display: flex; flex-wrap: wrap;
   gap: 3px; font-family: var(--hs-mono); font-size: 12px; }
 .hs-token { border: 1px solid var(--hs-line); border-radius: 4px; padding: 1px 5px;

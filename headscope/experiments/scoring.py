@@ -17,8 +17,8 @@ Each method's scores are oriented so that higher means more important
   layer (L2 over the layer's heads) within each prompt, so every prompt weighs
   the same in the mean. One unit per prompt.
 - `chg`: Causal Head Gating facilitation G⁻ (Nam et al. 2025), fitted once over
-  all the prompts with `chg_seeds` seeds and `chg_steps` Adam steps per phase;
-  the mean over seeds. One unit (labelled `group`).
+  all the prompts with `chg_seeds` seeds and `chg_steps` Adam steps per phase.
+  One unit per seed (labelled `{group}/seed-{s}`), so its interval is across seeds.
 - `attribution`: attribution patching from each prompt's `corrupted` version
   towards the clean one, as the fraction of the clean − corrupted metric gap a
   head restores, to first order. One unit per prompt.
@@ -41,6 +41,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscope.analyses.ranking import rank_heads
+from headscope.analyses.uncertainty import Interval, bootstrap_interval
 from headscope.errors import InputError
 from headscope.experiments.ablation import ablation_scores, clean_metric, pruning_curve
 from headscope.experiments.gating import CHGResult, causal_head_gating
@@ -66,7 +68,7 @@ PER_PROMPT: tuple[str, ...] = ("ablation", "gradient", "attribution")
 SCORE_MEANING: dict[str, str] = {
     "ablation": "harm to the metric when the head's z is zeroed (higher: more important)",
     "gradient": "Michel et al. 2019 |dM/d gate|, normalised per layer within each prompt",
-    "chg": "Causal Head Gating facilitation G- (mean over seeds)",
+    "chg": "Causal Head Gating facilitation G- (one unit per seed)",
     "attribution": "fraction of the clean - corrupted metric gap restored (attribution patching)",
 }
 #: The metrics score_heads supports (names from the metric vocabulary).
@@ -118,6 +120,17 @@ class MethodScores:
     def mean(self) -> Float[Tensor, "layer head"]:
         return self.scores.mean(0)
 
+    def interval(self, level: float = 0.95) -> Interval:
+        """The mean over units with its percentile-bootstrap interval (over
+        prompts; over seeds for CHG); `Interval.significant` is False where
+        the interval includes zero."""
+        return bootstrap_interval(self.scores, level=level)
+
+    def ranking(self) -> list[tuple[int, int, float]]:
+        """(layer, head, mean score), most important first: by magnitude, the
+        sign kept (a negative harm means ablating the head helped the metric)."""
+        return rank_heads(self.mean, by_magnitude=True)
+
 
 @dataclass(frozen=True)
 class HeadScores:
@@ -139,9 +152,21 @@ class HeadScores:
 
     def mean(self, method: str) -> Float[Tensor, "layer head"]:
         """The mean over units of `method`'s scores."""
+        return self._method(method).mean
+
+    def interval(self, method: str, level: float = 0.95) -> Interval:
+        """`method`'s mean with its bootstrap interval (see `MethodScores.interval`)."""
+        return self._method(method).interval(level)
+
+    @property
+    def warnings(self) -> dict[str, str]:
+        """method → why its scores say nothing here (only methods with a warning)."""
+        return {name: m.warning for name, m in self.methods.items() if m.warning is not None}
+
+    def _method(self, method: str) -> MethodScores:
         if method not in self.methods:
             raise InputError(f"method {method!r} was not scored; scored: {list(self.methods)}")
-        return self.methods[method].mean
+        return self.methods[method]
 
     @property
     def described(self) -> str:
@@ -466,8 +491,8 @@ def score_heads(
                 )
                 results[method] = MethodScores(
                     method,
-                    chg.facilitation[None].double(),
-                    (group,),
+                    chg.facilitation_per_seed.double(),
+                    tuple(f"{group}/seed-{s}" for s in range(chg_seeds)),
                     SCORE_MEANING[method],
                     warning=chg.warning,
                 )

@@ -241,14 +241,21 @@ def importance_heatmap(
     layer_index: Sequence[int] | None = None,
     head_index: Sequence[int] | None = None,
     selected: tuple[int, int] | None = None,
+    interval: tuple[object, object] | None = None,
+    support: str | None = None,
 ) -> go.Figure:
     """A `[layer, head]` importance score (ablation effect, gradient
     importance, CHG score). Signed scores get a diverging scale; `zmax` fixes
-    the top of an unsigned one (1 for gate-valued scores such as CHG)."""
+    the top of an unsigned one (1 for gate-valued scores such as CHG).
+
+    `interval` = (low, high) `[layer, head]` bounds of each score's confidence
+    interval, shown in the hover with `support` (e.g. "95% bootstrap over 6
+    prompts"); for signed scores a cell whose interval includes zero is
+    annotated "n.s." (not significant) and its value drawn at half opacity."""
     grid = float32(scores)
     if signed is None:
         signed = bool(np.nanmin(grid) < 0) if np.isfinite(grid).any() else False
-    return layer_head_heatmap(
+    figure = layer_head_heatmap(
         grid,
         title=title,
         colorbar_title=colorbar_title,
@@ -259,6 +266,47 @@ def importance_heatmap(
         zmax=None if signed else zmax,
         selected=selected,
     )
+    if interval is None:
+        return figure
+    low, high = float32(interval[0]), float32(interval[1])
+    if low.shape != grid.shape or high.shape != grid.shape:
+        raise ValueError(f"interval bounds must have the scores' shape {grid.shape}")
+    undefined = ~(np.isfinite(low) & np.isfinite(high))
+    not_significant = signed & ~undefined & (low <= 0) & (high >= 0)
+    text = np.empty(grid.shape, dtype=object)
+    for index, value in np.ndenumerate(grid):
+        text[index] = f"{value:.2f}" + ("<br>n.s." if not_significant[index] else "")
+    label = plotly_text(colorbar_title or "value")
+    where = plotly_text(support) if support else "confidence interval"
+    heatmap = figure.data[0]
+    heatmap.update(
+        customdata=np.stack([low, high, not_significant.astype(np.float32)], axis=-1),
+        text=text,
+        texttemplate="%{text}" if heatmap.texttemplate else None,
+        hovertemplate=(
+            "layer %{y}, head %{x}<br>"
+            + label
+            + " %{z:.3f}<br>["
+            + "%{customdata[0]:.3f}, %{customdata[1]:.3f}] "
+            + where
+            + "<extra></extra>"
+        ),
+    )
+    if bool(not_significant.any()):
+        faded = np.where(not_significant, grid, np.nan)
+        figure.add_trace(
+            go.Heatmap(
+                z=np.where(np.isfinite(faded), 1.0, np.nan),
+                x=heatmap.x,
+                y=heatmap.y,
+                colorscale=[[0, "rgba(255,255,255,0.5)"], [1, "rgba(255,255,255,0.5)"]],
+                showscale=False,
+                hoverinfo="skip",
+                xgap=1,
+                ygap=1,
+            )
+        )
+    return figure
 
 
 def pruning_curve(

@@ -389,3 +389,59 @@ def test_playground_loss_says_what_it_scores(toy_session):
     _, metrics, _, _ = playground.playground_outputs(toy_session, plain, ones, None)
     line = next(t for t in texts(metrics) if t.startswith("loss on"))
     assert line.startswith("loss on the prompt's 5 tokens (every token after the first): ")
+
+
+# -- Importance: pickers, intervals, degenerate methods said, not drawn -------------------------
+
+
+def test_importance_hovers_carry_bootstrap_intervals_and_mark_non_significant_cells(toy_session):
+    outputs = importance.importance_outputs(
+        toy_session, "\n".join(TOY_PROMPTS[:4]), ["ablation"], "zero", 3, 50
+    )
+    figures = dict(zip(importance.OUTPUT_IDS, outputs[:-1], strict=True))
+    heatmap = figures["imp-ablation"].data[0]
+    low, high = heatmap.customdata[..., 0], heatmap.customdata[..., 1]
+    z = np.asarray(heatmap.z, dtype=float)
+    assert (low <= z + 1e-6).all() and (z <= high + 1e-6).all()
+    assert "95% bootstrap over 4 prompts" in heatmap.hovertemplate
+    marked = np.array([["n.s." in cell for cell in row] for row in heatmap.text])
+    expected = (low <= 0) & (high >= 0)
+    assert (marked == expected).all()
+    assert not marked[0, 2] and not marked[1, 3]  # the circuit is significant
+
+
+def test_importance_metric_and_target_pickers_change_what_is_measured(toy_session):
+    lines = "\n".join(TOY_PROMPTS[:2])
+    repeats = importance.importance_scores(toy_session, lines, ["ablation"], "zero", 3, 50)
+    every = importance.importance_scores(
+        toy_session, lines, ["ablation"], "zero", 3, 50, target="all"
+    )
+    assert set(repeats.prompt_targets) == {"repeats"} and set(every.prompt_targets) == {"all"}
+    assert sum(every.target_tokens) > sum(repeats.target_tokens)
+    cosine = importance.importance_scores(
+        toy_session, lines, ["ablation"], "zero", 3, 50, metric="embedding_cosine"
+    )
+    assert cosine.metric.name == "embedding_cosine" and cosine.metric.direction == "maximize"
+    # A value the page does not offer falls back to the default, never reaches the model.
+    bogus = importance.importance_scores(
+        toy_session, lines, ["ablation"], "zero", 3, 50, metric="<script>", target="middle"
+    )
+    assert bogus.metric.name == "loss" and bogus.target == "auto"
+
+
+@pytest.mark.slow
+def test_encoder_gradient_importance_says_there_is_no_first_order_signal(minilm_session):
+    outputs = importance.importance_outputs(
+        minilm_session,
+        "The cat sat on the mat.\nA man is playing a guitar.",
+        ["ablation", "gradient"],
+        "zero",
+        3,
+        50,
+    )
+    figures = dict(zip(importance.OUTPUT_IDS, outputs[:-1], strict=True))
+    message = outputs[-1].children
+    assert "no first-order signal" in message and "hs-alert-warning" in outputs[-1].className
+    assert not figures["imp-gradient"].data  # a message, no normalised map
+    curves = [trace.name for trace in figures["imp-pruning"].data]
+    assert curves == ["by ablation"]  # no pruning by a ranking that is noise
