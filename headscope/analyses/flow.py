@@ -16,6 +16,7 @@ Conventions (docs/methods.md §1):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import networkx as nx
@@ -41,6 +42,17 @@ __all__ = [
 
 # --------------------------------------------------------------------------- inputs
 
+#: ``head_weights``: a weight per head, per layer ``[layer head]`` or shared ``[head]``; a
+#: tensor, an array or (nested) lists of floats (converted with ``torch.as_tensor``).
+HeadWeightsLike = (
+    Float[Tensor, "layer head"]
+    | Float[Tensor, " head"]
+    | Float[np.ndarray, "layer head"]
+    | Float[np.ndarray, " head"]
+    | Sequence[Sequence[float]]
+    | Sequence[float]
+)
+
 
 def _check_residual(residual: float) -> float:
     residual = float(residual)
@@ -51,7 +63,7 @@ def _check_residual(residual: float) -> float:
 
 def _head_mean(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"],
-    head_weights: Float[Tensor, "layer head"] | Float[Tensor, " head"] | None,
+    head_weights: HeadWeightsLike | None,
 ) -> Float[Tensor, "layer query key"]:
     """Validated float64 head mean Ā (a new tensor; the input is never mutated)."""
     check_pattern(pattern, min_dims=3)
@@ -92,7 +104,7 @@ def _head_mean(
 def augment(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"],
     residual: float = 0.5,
-    head_weights: Float[Tensor, "layer head"] | Float[Tensor, " head"] | None = None,
+    head_weights: HeadWeightsLike | None = None,
 ) -> Float[Tensor, "layer query key"]:
     """Augmented attention ``Â_l = residual·I + (1 − residual)·Ā_l`` (Abnar & Zuidema 2020).
 
@@ -113,7 +125,7 @@ def augment(
 def rollout(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"],
     residual: float = 0.5,
-    head_weights: Float[Tensor, "layer head"] | Float[Tensor, " head"] | None = None,
+    head_weights: HeadWeightsLike | None = None,
 ) -> Float[Tensor, "layer query key"]:
     """Attention rollout after every layer (Abnar & Zuidema 2020).
 
@@ -167,7 +179,7 @@ def rollout_per_head(
 def flow_graph(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"],
     residual: float = 0.5,
-    head_weights: Float[Tensor, "layer head"] | Float[Tensor, " head"] | None = None,
+    head_weights: HeadWeightsLike | None = None,
 ) -> nx.DiGraph:
     """The layered DAG of attention flow (Abnar & Zuidema 2020) as a networkx graph.
 
@@ -200,7 +212,7 @@ def attention_flow(
     residual: float = 0.5,
     normalize: bool = True,
     *,
-    head_weights: Float[Tensor, "layer head"] | Float[Tensor, " head"] | None = None,
+    head_weights: HeadWeightsLike | None = None,
     workers: int | None = None,
 ) -> Float[Tensor, "query key"]:
     """Attention flow (Abnar & Zuidema 2020): max-flow from each output to each input token.

@@ -16,6 +16,7 @@ in float64 and returned as float64 tensors.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import networkx as nx
@@ -54,7 +55,9 @@ _PARAMS: dict[str, frozenset[str]] = {
 # --------------------------------------------------------------------------- masks
 
 
-def _mask_and_scores(kind: str, n: int, params: dict[str, float]) -> tuple[Tensor, Tensor]:
+def _mask_and_scores(
+    kind: str, n: int, params: dict[str, int | float]
+) -> tuple[Bool[Tensor, "query key"], Float[Tensor, "query key"]]:
     """Boolean mask ``[query key]`` and additive scores (0, or −(i−j)·m for decay)."""
     if kind not in _KINDS:
         raise InputError(f"unknown mask kind {kind!r}; expected one of {', '.join(_KINDS)}")
@@ -102,7 +105,7 @@ def _mask_and_scores(kind: str, n: int, params: dict[str, float]) -> tuple[Tenso
     return mask, scores
 
 
-def mask_graph(kind: MaskKind, n: int, **params: float) -> nx.DiGraph:
+def mask_graph(kind: MaskKind, n: int, **params: int | float) -> nx.DiGraph:
     """The attention mask as a directed graph (Wu et al. 2025).
 
     Nodes are token positions ``0..n−1``; an edge ``i -> j`` means query ``i`` may attend to
@@ -130,7 +133,7 @@ def mask_graph(kind: MaskKind, n: int, **params: float) -> nx.DiGraph:
     return graph
 
 
-def mask_attention(kind: MaskKind, n: int, **params: float) -> Float[Tensor, "query key"]:
+def mask_attention(kind: MaskKind, n: int, **params: int | float) -> Float[Tensor, "query key"]:
     """Content-free attention over a mask: uniform over the allowed keys, or for ``"decay"``
     the softmax of scores ``−(i−j)·m`` over the causal mask (weights ∝ ``γ^(i−j)``).
 
@@ -288,7 +291,7 @@ def sink_scores(
     *,
     causal: bool = True,
     mask: Bool[Tensor, "query key"] | Bool[Tensor, "batch query key"] | None = None,
-    lengths: Int[Tensor, " batch"] | None = None,
+    lengths: Int[Tensor, " batch"] | Sequence[int] | None = None,
 ) -> Float[Tensor, "layer head key"] | Float[Tensor, "batch layer head key"]:
     """Attention-sink score per key (Xiao et al. 2023; metric of Gu et al. 2025).
 
@@ -351,7 +354,7 @@ def sink_heads(
     causal: bool = True,
     *,
     mask: Bool[Tensor, "query key"] | Bool[Tensor, "batch query key"] | None = None,
-    lengths: Int[Tensor, " batch"] | None = None,
+    lengths: Int[Tensor, " batch"] | Sequence[int] | None = None,
 ) -> list[tuple[int, int]]:
     """``(layer, head)`` pairs whose sink score ``α_key`` exceeds ``threshold`` (0.3, Gu et al.
     2025). Batched input is averaged over prompts first (NaN-aware). See :func:`sink_scores`.

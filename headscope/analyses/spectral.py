@@ -66,11 +66,13 @@ def stable_rank(W: Float[Tensor, "*batch row column"]) -> Float[Tensor, "*batch"
     return _stable_rank(singular_spectrum(W).double()).to(_real_dtype(W))
 
 
+# The result is [*batch row] when a matrix-shaped input holds singular values
+# (singular_values=True): its rows are then the batch.
 def effective_rank(
     matrix_or_values: Float[Tensor, "*batch row column"] | Float[Tensor, "*batch rank"],
     *,
     singular_values: bool | None = None,
-) -> Float[Tensor, "*batch"]:
+) -> Float[Tensor, "*batch"] | Float[Tensor, "*batch row"]:
     """Effective rank exp(H(p)), p = σ / Σσ (Roy & Vetterli 2007), of each matrix.
 
     With `singular_values=True` the input's last dim holds singular values; None
@@ -150,8 +152,8 @@ class HeadSpectra:
 
 def qk_ov_spectra(
     W_Q: Float[Tensor, "layer head d_model d_head"],
-    W_K: Float[Tensor, "layer head d_model d_head"],
-    W_V: Float[Tensor, "layer head d_model d_head"],
+    W_K: Float[Tensor, "layer kv_head d_model d_head"],
+    W_V: Float[Tensor, "layer kv_head d_model d_head"],
     W_O: Float[Tensor, "layer head d_head d_model"],
 ) -> HeadSpectra:
     """Eigenvalues, singular values, stable and effective rank of every head's QK and OV
@@ -273,8 +275,8 @@ def composition_score(
 
 def composition_scores_from_weights(
     W_Q: Float[Tensor, "layer head d_model d_head"],
-    W_K: Float[Tensor, "layer head d_model d_head"],
-    W_V: Float[Tensor, "layer head d_model d_head"],
+    W_K: Float[Tensor, "layer kv_head d_model d_head"],
+    W_V: Float[Tensor, "layer kv_head d_model d_head"],
     W_O: Float[Tensor, "layer head d_head d_model"],
     kind: CompositionKind = "K",
 ) -> Float[Tensor, "layer head layer head"]:
@@ -589,7 +591,9 @@ class PowerLawFit(NamedTuple):
     ks: float
 
 
-def heavy_tail_alpha(eigenvalues: Float[Tensor, " eigen"] | Sequence[float]) -> PowerLawFit:
+def heavy_tail_alpha(
+    eigenvalues: Float[Tensor, " eigen"] | Float[np.ndarray, " eigen"] | Sequence[float],
+) -> PowerLawFit:
     """Power-law exponent of an eigenvalue spectrum, WeightWatcher style (Martin &
     Mahoney 2021): for each candidate x_min (each eigenvalue with at least one larger),
     the maximum-likelihood α = 1 + n / Σ_{λ_i ≥ x_min} ln(λ_i / x_min) over the n

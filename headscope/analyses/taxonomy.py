@@ -124,7 +124,10 @@ def induction_score(
 
 def head_scores_from_pattern(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "batch layer head query key"],
-    token_ids: Int[Tensor, " query"] | Int[Tensor, "batch query"],
+    token_ids: Int[Tensor, " query"]
+    | Int[Tensor, "batch query"]
+    | Sequence[int]
+    | Sequence[Sequence[int]],
     *,
     lengths: Sequence[int] | Int[Tensor, " batch"] | None = None,
     bos: bool = True,
@@ -223,7 +226,9 @@ def head_scores_from_pattern(
 
 
 def _prepare(
-    pattern: Tensor, token_ids: Tensor, lengths: Sequence[int] | Tensor | None
+    pattern: Tensor,
+    token_ids: Tensor | Sequence[int] | Sequence[Sequence[int]],
+    lengths: Sequence[int] | Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Validate; return (pattern [batch, layer, head, q, k], ids [batch, q], lengths
     [batch], heads that are all NaN [layer, head])."""

@@ -96,9 +96,9 @@ def test_augment_head_weights_are_a_normalized_weighted_mean() -> None:
         (torch.zeros(3), "positive sum"),
     ],
 )
-def test_augment_rejects_bad_head_weights(weights: torch.Tensor, message: str) -> None:
+def test_augment_rejects_bad_head_weights(weights: torch.Tensor, message: str, unchecked) -> None:
     pattern = random_pattern(np.random.default_rng(2), 2, 4, heads=3)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message), unchecked():
         augment(pattern, head_weights=weights)
 
 
@@ -205,8 +205,10 @@ def test_rollout_per_head_composes_each_head_with_the_rollout_below() -> None:
     ],
 )
 @pytest.mark.parametrize("function", [rollout, attention_flow, flow_graph])
-def test_bad_patterns_raise_input_errors(function, pattern: torch.Tensor, message: str) -> None:
-    with pytest.raises(InputError, match=message):
+def test_bad_patterns_raise_input_errors(
+    function, pattern: torch.Tensor, message: str, unchecked
+) -> None:
+    with pytest.raises(InputError, match=message), unchecked():
         function(pattern)
 
 
@@ -217,8 +219,8 @@ def test_residual_must_be_a_fraction(residual: float) -> None:
         rollout(pattern, residual)
 
 
-def test_rollout_per_head_needs_heads() -> None:
-    with pytest.raises(InputError, match="at least 4 dims"):
+def test_rollout_per_head_needs_heads(unchecked) -> None:
+    with pytest.raises(InputError, match="at least 4 dims"), unchecked():
         rollout_per_head(random_pattern(np.random.default_rng(8), 2, 3))
 
 
@@ -399,6 +401,6 @@ def test_content_free_flow_matches_networkx_and_mask_argument() -> None:
         ({"mask": torch.ones(3, 4, dtype=torch.bool), "n_layers": 2}, "square"),
     ],
 )
-def test_content_free_baseline_rejects_bad_arguments(kwargs: dict, message: str) -> None:
-    with pytest.raises(InputError, match=message):
+def test_content_free_baseline_rejects_bad_arguments(kwargs: dict, message: str, unchecked) -> None:
+    with pytest.raises(InputError, match=message), unchecked():
         content_free_baseline(**kwargs)

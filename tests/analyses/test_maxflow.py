@@ -125,8 +125,8 @@ def test_tiny_negative_entries_are_missing_edges() -> None:
         (np.full((2, 3, 3), 1 / 3), True, "workers"),
     ],
 )
-def test_rejects_bad_input(ahat, workers, message: str) -> None:
-    with pytest.raises(InputError, match=message):
+def test_rejects_bad_input(ahat, workers, message: str, unchecked) -> None:
+    with pytest.raises(InputError, match=message), unchecked():
         pairwise_max_flow(ahat, workers=workers)
 
 

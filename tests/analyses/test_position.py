@@ -80,10 +80,10 @@ def test_uniform_masks_are_uniform_over_allowed_keys() -> None:
         ("decay", 4, {"gamma": 1.5}, "gamma"),
     ],
 )
-def test_bad_masks_raise_input_errors(kind, n, params, message) -> None:
-    with pytest.raises(InputError, match=message):
+def test_bad_masks_raise_input_errors(kind, n, params, message, unchecked) -> None:
+    with pytest.raises(InputError, match=message), unchecked():
         mask_graph(kind, n, **params)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message), unchecked():
         mask_attention(kind, n, **params)
 
 
@@ -310,8 +310,8 @@ def test_batched_sink_scores_respect_padding_lengths() -> None:
         (torch.full((1, 1, 4, 4), 0.25, dtype=torch.float64), {"mask": torch.ones(3, 3)}, "mask"),
     ],
 )
-def test_sink_scores_reject_bad_input(pattern, kwargs, message) -> None:
-    with pytest.raises(InputError, match=message):
+def test_sink_scores_reject_bad_input(pattern, kwargs, message, unchecked) -> None:
+    with pytest.raises(InputError, match=message), unchecked():
         sink_scores(pattern, **kwargs)
 
 
