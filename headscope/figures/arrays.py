@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from headscope.errors import InputError
+
 
 def float32(values: object) -> np.ndarray:
     """`values` (tensor, array, nested sequence) as a contiguous float32 numpy array."""
@@ -27,7 +29,7 @@ def int32(values: Sequence[int] | np.ndarray) -> np.ndarray:
 def reduction_factor(n: int, max_size: int) -> int:
     """The smallest integer block size that brings `n` cells down to `max_size` or fewer."""
     if max_size < 1:
-        raise ValueError("max_size must be at least 1")
+        raise InputError("max_size must be at least 1")
     return max(1, math.ceil(n / max_size))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from headscope.errors import InputError
 from headscope.figures.arrays import float32, int32
 from headscope.figures.style import (
     BASELINE_COLOR,
@@ -43,7 +44,7 @@ def flow_comparison(
     n = len(tokens)
     names = list(series)
     if not names:
-        raise ValueError("flow_comparison needs at least one series")
+        raise InputError("flow_comparison needs at least one series")
     figure = make_subplots(
         rows=len(names),
         cols=1,
@@ -69,7 +70,7 @@ def flow_comparison(
             continue
         values = float32(series[name])
         if values.shape != (n,):
-            raise ValueError(f"series {name!r} has shape {values.shape}, expected ({n},)")
+            raise InputError(f"series {name!r} has shape {values.shape}, expected ({n},)")
         colors = np.array([SERIES_COLORS[(row - 1) % len(SERIES_COLORS)]] * n, dtype=object)
         if 0 <= query < n:
             colors[query] = HIGHLIGHT_COLOR

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from headscope.errors import InputError
 from headscope.figures.arrays import block_max, float32, reduction_factor
 from headscope.figures.style import (
     HIGHLIGHT_COLOR,
@@ -62,7 +63,7 @@ def attention_map(
     matrix = float32(pattern)
     n = matrix.shape[-1]
     if matrix.ndim != 2 or matrix.shape[0] != n or len(tokens) != n:
-        raise ValueError(
+        raise InputError(
             f"attention_map needs a square [query, key] map matching {len(tokens)} tokens, "
             f"got shape {tuple(matrix.shape)}"
         )
@@ -169,7 +170,7 @@ def head_grid(
     """
     maps = float32(pattern)
     if maps.ndim != 4 or maps.shape[-1] != maps.shape[-2]:
-        raise ValueError(f"head_grid needs [layer, head, query, key], got {maps.shape}")
+        raise InputError(f"head_grid needs [layer, head, query, key], got {maps.shape}")
     n_layers, n_heads, n = maps.shape[:3]
     layers = list(layer_index) if layer_index is not None else list(range(n_layers))
     heads = list(head_index) if head_index is not None else list(range(n_heads))

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from headscope.errors import InputError
 from headscope.figures.arrays import float32, int32
 from headscope.figures.style import (
     BASELINE_COLOR,
@@ -170,7 +171,7 @@ def composition_matrix(
     grid = float32(scores)
     columns = list(readers) if readers is not None else list(labels)
     if grid.shape != (len(labels), len(columns)):
-        raise ValueError(
+        raise InputError(
             f"composition_matrix needs a {len(labels)}×{len(columns)} matrix, got {grid.shape}"
         )
     names = [plotly_text(label) for label in labels]

@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from headscope.errors import InputError
+
 
 @dataclass(frozen=True)
 class RepeatLayout:
@@ -51,7 +53,7 @@ def repeated_random_batch(
     """Token ids [batch, position] of [BOS?, prefix, r, r] with tokens drawn
     uniformly from `vocab = (low, high)` (high exclusive), plus the layout."""
     if repeat_length < 1 or prefix_length < 0 or batch < 1:
-        raise ValueError("need batch >= 1, repeat_length >= 1 and prefix_length >= 0")
+        raise InputError("need batch >= 1, repeat_length >= 1 and prefix_length >= 0")
     low, high = vocab
     body = torch.randint(low, high, (batch, prefix_length + repeat_length), generator=generator)
     segment = body[:, prefix_length:]

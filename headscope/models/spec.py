@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Literal
 
+from headscope.errors import InputError
+
 PositionalScheme = Literal["learned", "rotary", "alibi", "relative", "none"]
 
 
@@ -44,9 +46,9 @@ class ModelSpec:
         for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelSpec.{name} must be a positive int, got {value!r}")
+                raise InputError(f"ModelSpec.{name} must be a positive int, got {value!r}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(
+            raise InputError(
                 f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
             )
 
@@ -64,7 +66,7 @@ class ModelSpec:
         missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown ModelSpec fields: {unknown}")
+            raise InputError(f"unknown ModelSpec fields: {unknown}")
         if missing:
-            raise ValueError(f"missing ModelSpec fields: {missing}")
+            raise InputError(f"missing ModelSpec fields: {missing}")
         return cls(**data)

@@ -61,6 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from headscope.errors import InputError
 from headscope.kernels.tiled import TiledAttentionResult, tiled_attention
 from headscope.probes.sites import input_point, output_point
 
@@ -385,7 +386,7 @@ def _resolve_maps(
     chosen: dict[int, set[int]] = {}
     for layer, head in pairs:
         if not (0 <= int(layer) < n_layers and 0 <= int(head) < n_heads):
-            raise ValueError(
+            raise InputError(
                 f"map head ({layer}, {head}) is out of range: {n_layers} layers × {n_heads} heads"
             )
         chosen.setdefault(int(layer), set()).add(int(head))

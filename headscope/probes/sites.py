@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from headscope.errors import InputError
+
 Component = Literal[
     "q",
     "k",
@@ -86,17 +88,17 @@ class Site:
 
     def __post_init__(self) -> None:
         if self.component not in _POINTS:
-            raise ValueError(f"unknown component {self.component!r}; choose from {COMPONENTS}")
+            raise InputError(f"unknown component {self.component!r}; choose from {COMPONENTS}")
         if self.component in MODEL_LEVEL:
             if self.layer is not None:
-                raise ValueError(f"{self.component!r} is model-level: use layer=None")
+                raise InputError(f"{self.component!r} is model-level: use layer=None")
         elif not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
-            raise ValueError(f"layer must be an int >= 0, got {self.layer!r}")
+            raise InputError(f"layer must be an int >= 0, got {self.layer!r}")
         if self.head is not None:
             if self.component not in HEAD_AXIS:
-                raise ValueError(f"{self.component!r} has no head axis; use head=None")
+                raise InputError(f"{self.component!r} has no head axis; use head=None")
             if not isinstance(self.head, int) or isinstance(self.head, bool) or self.head < 0:
-                raise ValueError(f"head must be an int >= 0 or None, got {self.head!r}")
+                raise InputError(f"head must be an int >= 0 or None, got {self.head!r}")
 
     @property
     def point(self) -> str:

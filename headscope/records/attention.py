@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headscope.errors import RecordFormatError
+from headscope.errors import InputError, RecordFormatError
 from headscope.models.spec import ModelSpec
 from headscope.records.io import read_record, require, write_record
 from headscope.records.provenance import Provenance
@@ -48,14 +48,14 @@ class AttentionRecord:
         batched = self.lengths is not None
         want = 5 if batched else 4
         if self.pattern.dim() != want:
-            raise ValueError(f"pattern must have {want} dims, got {tuple(self.pattern.shape)}")
+            raise InputError(f"pattern must have {want} dims, got {tuple(self.pattern.shape)}")
         *lead, n_layers, n_heads, n_q, n_k = self.pattern.shape
         if (n_layers, n_heads) != (len(self.layer_index), len(self.head_index)):
-            raise ValueError("pattern's layer/head axes do not match layer_index/head_index")
+            raise InputError("pattern's layer/head axes do not match layer_index/head_index")
         if n_q != n_k or self.token_ids.shape[-1] != n_q:
-            raise ValueError("pattern must be square and match the token ids")
+            raise InputError("pattern must be square and match the token ids")
         if batched and (len(self.lengths) != lead[0] or len(self.tokens) != lead[0]):
-            raise ValueError("lengths and tokens must have one entry per prompt")
+            raise InputError("lengths and tokens must have one entry per prompt")
 
     # -- views ---------------------------------------------------------------------------------
 
