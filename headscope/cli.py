@@ -177,9 +177,28 @@ def report(
         f"{result.computed_shards} shard(s) computed, {result.reused_shards} reused; "
         f"report written to {out}"
     )
+    # Ranked by magnitude, the sign printed with the score; a method whose
+    # scores say nothing anywhere is not ranked, and every warning goes to stderr.
+    measured = result.measured
     for method, rows in result.top_heads.items():
-        heads = ", ".join(f"{r['layer']}.{r['head']} ({r['score']:.3g})" for r in rows[:5])
+        if measured is not None and measured.void(method):
+            typer.echo(f"  top heads by {method:<12} not ranked: its scores say nothing here")
+            continue
+        heads = ", ".join(_ranked_head(row) for row in rows[:5])
         typer.echo(f"  top heads by {method:<12} {heads}")
+    for method, entries in (measured.warnings if measured is not None else {}).items():
+        for entry in entries:
+            typer.echo(
+                f"headscope: warning: {method} (shards {', '.join(map(str, entry.shards))}): "
+                f"{entry.message}",
+                err=True,
+            )
+
+
+def _ranked_head(row: dict) -> str:
+    """`layer.head (+score)`, with "n.s." when its interval includes zero."""
+    mark = " n.s." if row.get("significant") is False else ""
+    return f"{row['layer']}.{row['head']} ({row['score']:+.3g}{mark})"
 
 
 @app.command()

@@ -4,23 +4,27 @@ Everything an executor task computes is written atomically (temporary file,
 then rename) under `DIR/.shards/<config hash>/`, so a killed job leaves either
 a whole file or none, and a rerun of the same command (same config hash)
 reuses it. A different config (model weights, prompts, methods, metric,
-checkpoint layout...) gets its own folder. Layout (LAYOUT = 2), safetensors
+checkpoint layout...) gets its own folder. Layout (LAYOUT = 3), safetensors
 only (arrays plus a small JSON header, never pickles):
 
 - `config.json`: the job identity the folder's name hashes.
 - `shard-NNNNN.safetensors`, one per shard, from one executor task:
-  `score/<method>` float64 `[unit, layer, head]`; for the shard's i-th prompt
+  `score/<method>` float64 `[unit, layer, head]`; `clean` float64 `[prompt]`
+  (the metric with every head on, per prompt); for the shard's i-th prompt
   `prompt/<i>/taxonomy/<category>` `[layer, head]`, `prompt/<i>/sinks`
   `[layer, head, key]`, `prompt/<i>/influence` and
   `prompt/<i>/influence_baseline` `[layer, distance]`; metadata `layout`,
-  `methods` (JSON list, score order) and `prompts` (JSON: per prompt its
-  tokens, whether BOS was prepended, and its taxonomy categories in order).
+  `methods` (JSON list, score order), `prompts` (JSON: per prompt its
+  tokens, whether BOS was prepended, and its taxonomy categories in order)
+  and `scoring` (JSON: per method its unit labels, its warning and the
+  prompts it applies to; per prompt the target rule it resolved to and its
+  number of scored tokens).
 - `pruning.safetensors`, from the final task: `fractions`, `curve/<method>`
   and `clean` (float64); metadata `layout`, `methods`, `n_prompts` and
   `orders_sha256`, the digest of the mean scores that ranked the heads.
 
-A file of another layout (e.g. a layout-1 shard, scores only) counts as
-missing and is recomputed.
+A file of another layout (e.g. a layout-2 shard, without units, warnings,
+targets or clean metric) counts as missing and is recomputed.
 """
 
 from __future__ import annotations
@@ -41,11 +45,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from headscope.experiments.summaries import PromptSummary
+from headscope.reports.scoring import ShardScores
 from headscope.reports.summaries import PruningCurves
 
 #: Version of the checkpoint layout; part of the job identity (and so of the
 #: folder's hash), and checked in every file's metadata.
-LAYOUT = 2
+LAYOUT = 3
 
 
 def config_hash(config: dict) -> str:
@@ -53,10 +58,10 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def orders_digest(means: Mapping[str, np.ndarray]) -> str:
-    """sha256 of the method names and mean scores (float64 bytes) that rank heads for pruning."""
+def orders_digest(orders: Mapping[str, np.ndarray]) -> str:
+    """sha256 of the method names and importances (float64 bytes) that rank heads for pruning."""
     digest = hashlib.sha256()
-    for method, mean in means.items():
+    for method, mean in orders.items():
         digest.update(method.encode() + b"\0")
         digest.update(np.ascontiguousarray(mean, dtype=np.float64).tobytes())
     return digest.hexdigest()
@@ -64,11 +69,16 @@ def orders_digest(means: Mapping[str, np.ndarray]) -> str:
 
 @dataclass(frozen=True)
 class ShardResult:
-    """One shard's executor task: `scores` method → float64 `[unit, layer, head]`
-    and the `summaries` of its prompts, in prompt order."""
+    """One shard's executor task: its `scoring` (scores method → float64
+    `[unit, layer, head]` and what they measured, see `ShardScores`) and the
+    `summaries` of its prompts, in prompt order."""
 
-    scores: dict[str, Tensor]
+    scoring: ShardScores
     summaries: tuple[PromptSummary, ...]
+
+    @property
+    def scores(self) -> dict[str, Tensor]:
+        return self.scoring.scores
 
 
 class ShardStore:
@@ -93,7 +103,9 @@ class ShardStore:
         return _layout(self.path(index)) == str(LAYOUT)
 
     def save(self, index: int, result: ShardResult) -> None:
-        tensors = {f"score/{method}": _float64(t) for method, t in result.scores.items()}
+        scoring = result.scoring
+        tensors = {f"score/{method}": _float64(t) for method, t in scoring.scores.items()}
+        tensors["clean"] = _float64(scoring.clean)
         prompts = []
         for i, summary in enumerate(result.summaries):
             for name, value in summary.taxonomy.items():
@@ -108,7 +120,19 @@ class ShardStore:
                     "taxonomy": list(summary.taxonomy),
                 }
             )
-        metadata = {"methods": json.dumps(list(result.scores)), "prompts": json.dumps(prompts)}
+        metadata = {
+            "methods": json.dumps(list(scoring.scores)),
+            "prompts": json.dumps(prompts),
+            "scoring": json.dumps(
+                {
+                    "units": {m: list(u) for m, u in scoring.units.items()},
+                    "warnings": dict(scoring.warnings),
+                    "warned": {m: list(p) for m, p in scoring.warned.items()},
+                    "prompt_targets": list(scoring.prompt_targets),
+                    "target_tokens": list(scoring.target_tokens),
+                }
+            ),
+        }
         self._write(self.path(index), tensors, metadata)
 
     def load(self, index: int) -> ShardResult:
@@ -129,7 +153,17 @@ class ShardStore:
                     bos_prepended=prompt["bos_prepended"],
                 )
             )
-        return ShardResult({m: tensors[f"score/{m}"] for m in methods}, tuple(summaries))
+        extra = json.loads(metadata["scoring"])
+        scoring = ShardScores(
+            scores={m: tensors[f"score/{m}"] for m in methods},
+            units={m: tuple(extra["units"][m]) for m in methods},
+            warnings=dict(extra["warnings"]),
+            warned={m: tuple(p) for m, p in extra["warned"].items()},
+            prompt_targets=tuple(extra["prompt_targets"]),
+            target_tokens=tuple(extra["target_tokens"]),
+            clean=tensors["clean"],
+        )
+        return ShardResult(scoring, tuple(summaries))
 
     def save_pruning(self, pruning: PruningCurves, digest: str) -> None:
         """Checkpoint the pruning curves computed from the mean scores hashed as `digest`."""

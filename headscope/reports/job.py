@@ -4,7 +4,8 @@
 
 Work is split into shards of `shard_size` prompts. One executor task per
 shard computes its head scores and its prompts' attention summaries; one
-final task computes the pruning curves from every shard's mean scores. The
+final task computes the pruning curves, ranking heads by the magnitude of
+every method's mean score. The
 executor runs them in this process (`local`) or on Ray actors (`ray`), and
 every result is checkpointed atomically (`reports.checkpoints`), so killing
 the job and rerunning the same command finishes without recomputing what is
@@ -27,10 +28,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from headscope.errors import InputError
+from headscope.experiments.metrics import metric_info
 from headscope.reports.aggregate import aggregate
 from headscope.reports.checkpoints import LAYOUT, ShardResult, ShardStore, orders_digest
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem, load_prompts
+from headscope.reports.scoring import Measured, measured
 from headscope.reports.summaries import PruningCurves, SummaryReducer
 
 Backend = Literal["local", "ray"]
@@ -38,10 +41,12 @@ Backend = Literal["local", "ray"]
 
 @dataclass(frozen=True)
 class ReportResult:
-    """Scores per method `[unit, layer, head]` (units: prompts, or shards for
+    """Scores per method `[unit, layer, head]` (units: prompts, or seeds for
     CHG, labelled in `units`), how many shards were computed now or reused,
-    whether the pruning curves were computed now (else reused), and the paths
-    written."""
+    the paths written, `top_heads` (per method every head by magnitude, most
+    important first, with its sign and interval), whether the pruning curves
+    were computed now (else reused), and what the scores measured (`measured`:
+    metric, targets, baseline, each method's warnings)."""
 
     out_dir: Path
     scores: dict[str, np.ndarray]
@@ -51,6 +56,7 @@ class ReportResult:
     files: dict[str, Path]
     top_heads: dict[str, list[dict]]
     pruning_computed: bool = False
+    measured: Measured | None = None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -145,14 +151,17 @@ def run_report(
         executor.run_shards(shards, pending, store, progress=progress)
         if stop_after is not None and any(not store.done(i) for i in range(len(shards))):
             return ReportResult(out, {}, {}, len(pending), reused, {}, {})
-        scores, units, reducer = _collect(store, shards, config)
-        means = {method: aggregate(scores[method]).mean for method in config.methods}
-        digest = orders_digest(means)
+        scores, units, reducer, scored = _collect(store, shards, config)
+        # Heads are pruned least important first by magnitude: a large negative
+        # mean (ablating the head helps; patching it moves away from the clean
+        # run) is as large an effect as a positive one.
+        orders = {method: np.abs(aggregate(scores[method]).mean) for method in config.methods}
+        digest = orders_digest(orders)
         pruning = store.load_pruning(digest)
         pruning_computed = pruning is None
         if pruning is None:
             with _bar(1, 0, "pruning", progress, unit="task") as bar:
-                store.save_pruning(executor.prune(prompt_set.items, means), digest)
+                store.save_pruning(executor.prune(prompt_set.items, orders), digest)
                 bar.update(1)
             # Read back what a rerun would read, so both write the same bytes.
             pruning = store.load_pruning(digest)
@@ -167,8 +176,11 @@ def run_report(
         reducer.result(pruning),
         spec=model.spec,
         weights_hash=model.weights_hash,
+        measured=scored,
     )
-    return ReportResult(out, scores, units, len(pending), reused, files, top, pruning_computed)
+    return ReportResult(
+        out, scores, units, len(pending), reused, files, top, pruning_computed, scored
+    )
 
 
 class Executor(Protocol):
@@ -195,29 +207,30 @@ class Executor(Protocol):
     ) -> None: ...
 
     def prune(
-        self, items: Sequence[PromptItem], means: Mapping[str, np.ndarray]
+        self, items: Sequence[PromptItem], orders: Mapping[str, np.ndarray]
     ) -> PruningCurves: ...
 
 
 def shard_task(model, items: Sequence[PromptItem], config: ReportConfig, index: int) -> ShardResult:
-    """One shard's executor task: its head scores and its prompts' summaries.
-    Cost: `score_shard` plus one captured forward over the shard."""
+    """One shard's executor task: its head scores (with what they measured)
+    and its prompts' summaries. Cost: `score_shard` plus one captured forward
+    over the shard."""
     from headscope.reports.scoring import score_shard
     from headscope.reports.summaries import summarize_shard
 
     return ShardResult(
-        scores=score_shard(model, items, config, shard_index=index),
+        scoring=score_shard(model, items, config, shard_index=index),
         summaries=summarize_shard(model, items, config),
     )
 
 
 def pruning_task(
-    model, items: Sequence[PromptItem], config: ReportConfig, means: Mapping[str, np.ndarray]
+    model, items: Sequence[PromptItem], config: ReportConfig, orders: Mapping[str, np.ndarray]
 ) -> PruningCurves:
-    """The final executor task: greedy pruning curves ranked by `means` (see `summaries.prune`)."""
+    """The final executor task: greedy pruning curves ranked by `orders` (see `summaries.prune`)."""
     from headscope.reports.summaries import PRUNING_PROMPTS, prune
 
-    return prune(model, list(items[:PRUNING_PROMPTS]), config, means)
+    return prune(model, list(items[:PRUNING_PROMPTS]), config, orders)
 
 
 class LocalExecutor:
@@ -239,8 +252,8 @@ class LocalExecutor:
                 store.save(index, shard_task(self.model, shards[index], self.config, index))
                 bar.update(1)
 
-    def prune(self, items, means) -> PruningCurves:
-        return pruning_task(self.model, items, self.config, means)
+    def prune(self, items, orders) -> PruningCurves:
+        return pruning_task(self.model, items, self.config, orders)
 
 
 def _executor(
@@ -264,23 +277,29 @@ def _bar(total: int, initial: int, desc: str, progress: bool, unit: str = "shard
 
 def _collect(
     store: ShardStore, shards, config: ReportConfig
-) -> tuple[dict[str, np.ndarray], dict[str, list[str]], SummaryReducer]:
-    """Every shard's scores (concatenated over units) and unit labels, read back
-    from the checkpoints, and their prompt summaries fed to a reducer in prompt order."""
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]], SummaryReducer, Measured]:
+    """Every shard's scores (concatenated over units) and unit labels (`line-N`
+    per prompt, `shard-N/seed-S` for CHG), read back from the checkpoints,
+    their prompt summaries fed to a reducer in prompt order, and what the
+    scores measured (targets, clean metric and warnings of every shard)."""
     scores: dict[str, list[np.ndarray]] = {}
     units: dict[str, list[str]] = {}
     reducer = SummaryReducer()
+    scored = []
     for index, items in enumerate(shards):
         loaded = store.load(index)
         for method in config.methods:
             scores.setdefault(method, []).append(loaded.scores[method].numpy())
-            if method == "chg":
-                units.setdefault(method, []).append(f"shard-{index}")
-            else:
-                units.setdefault(method, []).extend(f"line-{item.line}" for item in items)
+            units.setdefault(method, []).extend(loaded.scoring.units[method])
         for summary in loaded.summaries:
             reducer.add(summary)
-    return {m: np.concatenate(v) for m, v in scores.items()}, units, reducer
+        scored.append((items, loaded.scoring))
+    return (
+        {m: np.concatenate(v) for m, v in scores.items()},
+        units,
+        reducer,
+        measured(config, scored, metric_info(config.metric)),
+    )
 
 
 def _version() -> str:

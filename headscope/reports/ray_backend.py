@@ -81,9 +81,9 @@ class RayExecutor:
                     index = queue.pop(0)
                     running[actor.shard.remote(index, shards[index])] = actor
 
-    def prune(self, items: Sequence[PromptItem], means: Mapping[str, np.ndarray]) -> PruningCurves:
+    def prune(self, items: Sequence[PromptItem], orders: Mapping[str, np.ndarray]) -> PruningCurves:
         ray = self._start(1)
-        return ray.get(self._actors[0].prune.remote(list(items), dict(means)))
+        return ray.get(self._actors[0].prune.remote(list(items), dict(orders)))
 
     def close(self) -> None:
         if self._ray is None:
@@ -132,7 +132,7 @@ class ShardWorker:
 
         return index, shard_task(self.model, items, self.config, index)
 
-    def prune(self, items: list[PromptItem], means: dict[str, np.ndarray]) -> PruningCurves:
+    def prune(self, items: list[PromptItem], orders: dict[str, np.ndarray]) -> PruningCurves:
         from headscope.reports.job import pruning_task
 
-        return pruning_task(self.model, items, self.config, means)
+        return pruning_task(self.model, items, self.config, orders)

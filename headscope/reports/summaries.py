@@ -9,7 +9,7 @@ shards (`reports.checkpoints`):
   (`experiments.summarize_prompts`, one captured forward per shard), computed
   in the same task as the shard's scores;
 - `prune`: the greedy pruning curves, once every shard's scores are known
-  (they rank heads by each method's mean score).
+  (they rank heads by the magnitude of each method's mean score).
 
 `reduce_summaries` then turns the per-prompt summaries and the curves into the
 report's `Summaries`: pure numpy and `headscope.analyses`, no model.
@@ -40,7 +40,7 @@ PRUNING_PROMPTS = 64
 @dataclass(frozen=True)
 class PruningCurves:
     """Greedy pruning (Michel et al. 2019): method → the metric after masking the
-    least important `fractions` of heads by that method's mean score, on the
+    least important `fractions` of heads by that method's |mean score|, on the
     first `n_prompts` prompts; `clean`: the unmasked metric."""
 
     fractions: tuple[float, ...]
@@ -62,7 +62,7 @@ class Summaries:
       prompts long enough to have it), for the model and for the causal mask
       alone; `peak_distance[layer]`: the argmax of the model's curve.
     - `pruning_fractions`, `pruning`: method → metric after masking the
-      least important fraction of heads (that method's ranking), on the first
+      least important fraction of heads (that method's ranking by magnitude), on the first
       `pruning_prompts` prompts; `clean_metric`: the unmasked value.
     """
 
@@ -102,17 +102,18 @@ def prune(
     model: HeadscopeModel,
     items: Sequence[PromptItem],
     config: ReportConfig,
-    means: Mapping[str, np.ndarray],
+    orders: Mapping[str, np.ndarray],
 ) -> PruningCurves:
     """Greedy pruning curves on the first PRUNING_PROMPTS of `items`, ranking
-    heads by `means[method]` `[layer, head]` (higher = more important). Cost:
-    11 batched forwards per method over those prompts; one intra-op thread."""
+    heads by `orders[method]` `[layer, head]` (higher = more important; the
+    report passes each method's |mean score|). Cost: 11 batched forwards per
+    method over those prompts; one intra-op thread."""
     prompts = [scoring_prompt(item) for item in items[:PRUNING_PROMPTS]]
-    orders = {method: torch.from_numpy(np.array(mean)) for method, mean in means.items()}
+    ranked = {method: torch.from_numpy(np.array(order)) for method, order in orders.items()}
     fractions, curves, clean = pruning_curves(
         model,
         prompts,
-        orders,
+        ranked,
         config.metric,
         config.target,  # type: ignore[arg-type]
         truncate=config.on_long == "truncate",
@@ -169,7 +170,11 @@ class SummaryReducer:
         if self._first is None or self._alpha is None:
             raise ValueError("no prompt summaries to reduce")
         taxonomy_means = {name: mean.value() for name, mean in self._taxonomy.items()}
-        labels = taxonomy.head_labels({k: torch.from_numpy(v) for k, v in taxonomy_means.items()})
+        # The prompt summaries do not carry the taxonomy's support (defining
+        # queries) yet: it is unknown here, so the minimum-support rule is skipped.
+        labels = taxonomy.head_labels(
+            {k: torch.from_numpy(v) for k, v in taxonomy_means.items()}, support=None
+        )
         # Every prompt has an α_0 for every head (the first key is seen by every query).
         sink_alpha = self._alpha.value()
         sink_heads = [

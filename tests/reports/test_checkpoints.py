@@ -1,7 +1,8 @@
-"""Checkpoints and the summary reduction without a model: shard results and
-pruning curves round-trip bit for bit through safetensors (no pickles), a
-checkpoint of another layout or ranking is refused, and the streaming reduction
-of prompt summaries equals the mean over the stacked prompts."""
+"""Checkpoints and the summary reduction without a model: shard results (scores,
+unit labels, warnings, targets, clean metric, prompt summaries) and pruning
+curves round-trip bit for bit through safetensors (no pickles), a checkpoint of
+another layout or ranking is refused, and the streaming reduction of prompt
+summaries equals the mean over the stacked prompts."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from safetensors import safe_open
 
 from headscope.experiments.summaries import PromptSummary
 from headscope.reports.checkpoints import LAYOUT, ShardResult, ShardStore, orders_digest
+from headscope.reports.scoring import ShardScores
 from headscope.reports.summaries import SINK_THRESHOLD, PruningCurves, reduce_summaries
 
 LAYERS, HEADS = 2, 3
@@ -44,9 +46,21 @@ def _shard(seed: int = 0) -> ShardResult:
     rng = np.random.default_rng(seed)
     scores = {
         "gradient": torch.from_numpy(rng.random((3, LAYERS, HEADS))),
-        "chg": torch.from_numpy(rng.random((1, LAYERS, HEADS))).float(),
+        "chg": torch.from_numpy(rng.random((2, LAYERS, HEADS))).float(),
     }
-    return ShardResult(scores, tuple(_summary(rng, n, nan=True) for n in (5, 2, 7)))
+    scoring = ShardScores(
+        scores=scores,
+        units={
+            "gradient": ("line-4", "line-5", "line-6"),
+            "chg": ("shard-1/seed-0", "shard-1/seed-1"),
+        },
+        warnings={"chg": 'degenerate fit: "every" G⁻ at σ(−4) <b>'},
+        warned={"chg": (0, 1, 2)},
+        prompt_targets=("continuation", "repeats", "all"),
+        target_tokens=(4, 1, 6),
+        clean=torch.from_numpy(rng.random(3)),
+    )
+    return ShardResult(scoring, tuple(_summary(rng, n, nan=True) for n in (5, 2, 7)))
 
 
 def test_a_shard_round_trips_bit_for_bit(tmp_path):
@@ -60,6 +74,10 @@ def test_a_shard_round_trips_bit_for_bit(tmp_path):
     for method, scores in result.scores.items():
         assert loaded.scores[method].dtype == torch.float64
         assert torch.equal(loaded.scores[method], scores.double()), method
+    got, want = loaded.scoring, result.scoring
+    assert (got.units, got.warnings, got.warned) == (want.units, want.warnings, want.warned)
+    assert (got.prompt_targets, got.target_tokens) == (want.prompt_targets, want.target_tokens)
+    assert got.clean.dtype == torch.float64 and torch.equal(got.clean, want.clean)
     assert len(loaded.summaries) == len(result.summaries)
     for got, want in zip(loaded.summaries, result.summaries, strict=True):
         assert list(got.taxonomy) == list(want.taxonomy)

@@ -5,6 +5,7 @@ holds only the final summary (progress goes to stderr)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -110,6 +111,12 @@ def test_skip_and_truncate_warn_on_stderr_and_keep_stdout_clean(write, tmp_path,
         ["top", "heads", "by", "ablation"],
         ["top", "heads", "by", "gradient"],
     ]
+    # ranked by magnitude, each score printed with its sign
+    for line in lines[1:]:
+        printed = re.findall(r"(\d+)\.(\d+) \(([+-][^ )]+)", line)
+        assert len(printed) == 5, line
+        magnitudes = [abs(float(score)) for _, _, score in printed]
+        assert magnitudes == sorted(magnitudes, reverse=True), line
     document = json.loads((out / "report.json").read_text())
     assert document["prompts"]["count"] == 3
     (skipped,) = document["prompts"]["skipped"]

@@ -1,5 +1,7 @@
 """Shard scoring: truncation keeps BOS and the end, every metric runs with the
-orientation "higher = more important", inputs are checked, threads restored."""
+orientation "higher = more important", inputs are checked, threads restored;
+a shard keeps what its scores measured (units, CHG seeds, targets, clean
+metric, warnings and the prompts they apply to)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,10 @@ import pytest
 import torch
 
 from headscope.errors import InputError
-from headscope.experiments.scoring import encode_prompt
+from headscope.experiments.scoring import MethodScores, encode_prompt
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem
-from headscope.reports.scoring import check_inputs, score_shard, scoring_prompt
+from headscope.reports.scoring import _warned_prompts, check_inputs, score_shard, scoring_prompt
 
 REPEAT = "red cat blue dog sun tree red cat blue dog sun"
 
@@ -49,7 +51,7 @@ def test_logit_difference_and_embedding_metrics_score_the_circuit(toy_model, cir
         ),
     ]
     config = _config(metric="logit-diff", methods=("ablation", "gradient", "attribution"))
-    scores = score_shard(toy_model, items, config)
+    scores = score_shard(toy_model, items, config).scores
     assert {name: tuple(s.shape) for name, s in scores.items()} == {
         "ablation": (2, 2, 4),
         "gradient": (2, 2, 4),
@@ -63,22 +65,33 @@ def test_logit_difference_and_embedding_metrics_score_the_circuit(toy_model, cir
     assert scores["ablation"].mean(0).max() > 0.5
     assert torch.isfinite(scores["attribution"]).all()
     embedding = score_shard(toy_model, items, _config(metric="embedding", methods=("ablation",)))
-    assert (embedding["ablation"] >= -1e-6).all()  # cosine to the clean embedding only drops
+    assert (embedding.scores["ablation"] >= -1e-6).all()  # cosine to the clean embedding only drops
 
 
 def test_scoring_restores_the_thread_count_and_is_repeatable(toy_model):
     items = [PromptItem(prompt=REPEAT, line=1), PromptItem(prompt="sun tree sun tree", line=2)]
-    config = _config(methods=("ablation", "chg"), seeds=1, chg_steps=3)
+    config = _config(methods=("ablation", "chg"), seeds=2, chg_steps=3)
     before = torch.get_num_threads()
     first = score_shard(toy_model, items, config, shard_index=4)
     assert torch.get_num_threads() == before
     again = score_shard(toy_model, items, config, shard_index=4)
     other = score_shard(toy_model, items, config, shard_index=5)
-    for name in first:
-        assert first[name].dtype == torch.float64
-        assert torch.equal(first[name], again[name]), name
-    assert first["chg"].shape == (1, 2, 4)
-    assert not torch.equal(first["chg"], other["chg"])  # CHG is seeded by the shard index
+    for name in first.scores:
+        assert first.scores[name].dtype == torch.float64
+        assert torch.equal(first.scores[name], again.scores[name]), name
+    # CHG: one unit per seed, labelled by shard and seed, seeded by the shard index
+    assert first.scores["chg"].shape == (2, 2, 4)
+    assert first.units["chg"] == ("shard-4/seed-0", "shard-4/seed-1")
+    assert other.units["chg"] == ("shard-5/seed-0", "shard-5/seed-1")
+    assert not torch.equal(first.scores["chg"], other.scores["chg"])
+    assert first.units["ablation"] == ("line-1", "line-2")
+    # what the scores measured, per prompt: the target rule, its tokens, the clean loss
+    rows = [encode_prompt(toy_model, scoring_prompt(item), metric="loss") for item in items]
+    assert first.prompt_targets == tuple(row.rule for row in rows)
+    assert first.target_tokens == tuple(sum(row.targets) for row in rows)
+    assert first.prompt_targets[0] == "repeats"
+    assert first.clean.dtype == torch.float64 and first.clean.shape == (2,)
+    assert torch.equal(first.clean, again.clean) and bool((first.clean > 0).all())
 
 
 def test_missing_inputs_name_the_method_or_metric():
@@ -94,3 +107,14 @@ def test_unequal_corrupted_lengths_are_refused_with_the_line(toy_model):
     items = [PromptItem(prompt=REPEAT, target=" tree", corrupted="red cat", line=9)]
     with pytest.raises(InputError, match="line 9: 'corrupted' has 3 tokens"):
         score_shard(toy_model, items, _config(methods=("attribution",)))
+
+
+def test_a_warning_names_the_prompts_it_applies_to():
+    """The gradient's warning applies to its silent prompts (every |dM/dgate|
+    below the floor, as score_heads decides), a CHG warning to every prompt."""
+    raw = torch.ones(3, 2, 4, dtype=torch.float64)
+    raw[1] = 1e-9
+    gradient = MethodScores("gradient", raw, ("a", "b", "c"), "", raw=raw, warning="no signal")
+    assert _warned_prompts(gradient, 3) == (1,)
+    chg = MethodScores("chg", raw[:2], ("s0", "s1"), "", warning="degenerate fit")
+    assert _warned_prompts(chg, 3) == (0, 1, 2)
