@@ -15,6 +15,8 @@ Categories (0-indexed positions; `bos=True` means position 0 is a BOS/[CLS] toke
 - `induction`: K(q) = {j + 1 : j < q, t_j = t_q} (the token after each earlier copy),
   queries with at least one earlier copy. On [BOS, r_1..r_T, r_1..r_T] the query at
   r_i of the second copy has K(q) = {position of r_{i+1} in the first copy}.
+- `next_token`: K(q) = {q + 1}, queries with a real key q + 1 that they may see; only
+  bidirectional models have them (undefined, NaN, in a causal model).
 - `first_token_sink`: K(q) = {0}, queries q ≥ 1 (a causal query 0 can only see key 0).
 - `local`: K(q) = {k : |q − k| ≤ window} (default window 2), excluding key 0 with
   `bos` so that a BOS sink is not mistaken for locality; queries q ≥ 1 with `bos`
@@ -29,11 +31,17 @@ Batches: a `[batch, layer, head, query, key]` pattern with right-padding (`lengt
 is scored per prompt over its real queries and keys only, and the per-prompt scores
 are averaged over the prompts where the category is defined (NaN where it is defined
 for none). Heads whose map is all NaN (not captured) score NaN.
+
+Evidence: every score comes with its support, the number of defining queries (summed
+over prompts; `head_taxonomy`). A label needs at least MIN_SUPPORT of them, else the
+head is INSUFFICIENT ("insufficient evidence"); `induction` needs a previous-token head
+in an earlier layer, so it never labels a layer-0 head (docs/methods.md §2.7).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -44,7 +52,13 @@ from headscope.analyses.checks import check_pattern
 from headscope.errors import InputError
 
 Category = Literal[
-    "previous_token", "duplicate_token", "induction", "first_token_sink", "local", "uniform"
+    "previous_token",
+    "duplicate_token",
+    "induction",
+    "next_token",
+    "first_token_sink",
+    "local",
+    "uniform",
 ]
 
 #: Every category, specific ones first. The order breaks ties between labels.
@@ -52,6 +66,7 @@ CATEGORIES: tuple[Category, ...] = (
     "induction",
     "duplicate_token",
     "previous_token",
+    "next_token",
     "first_token_sink",
     "local",
     "uniform",
@@ -68,12 +83,20 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "previous_token": 0.5,
     "duplicate_token": 0.5,
     "induction": 0.5,
+    "next_token": 0.5,
     "first_token_sink": 0.5,
     "local": 0.7,
     "uniform": 0.9,
 }
 
 NO_LABEL = "none"
+#: The label of a head whose best category rests on fewer than `min_support` queries.
+INSUFFICIENT = "insufficient"
+#: A label needs at least this many defining queries (summed over prompts).
+MIN_SUPPORT = 4
+#: Categories whose mechanism reads what an earlier layer wrote (an induction head
+#: needs a previous-token head before it): never the label of a layer-0 head.
+NEEDS_EARLIER_LAYER: frozenset[str] = frozenset({"induction"})
 _TIE = 1e-6  # scores this close count as tied; the more specific category wins
 
 
@@ -83,14 +106,22 @@ _TIE = 1e-6  # scores this close count as tied; the more specific category wins
 def previous_token_score(pattern: Float[Tensor, "*head query key"]) -> Float[Tensor, "*head"]:
     """Mean attention from each query q ≥ 1 to key q − 1 (previous-token score).
 
-    Any leading dims (`[layer, head]`, `[batch, layer, head]`) are kept. A uniform
-    causal head scores mean_{q≥1} 1/(q+1). Memory: no copy of the pattern.
+    Any leading dims (`[layer, head]`, `[batch, layer, head]`) are kept. Rows of all
+    zeros are padding (real rows sum to 1) and are not counted, so a right-padded
+    batch gives each prompt the score of its unpadded map (NaN for a map with no real
+    query q ≥ 1). A uniform causal head scores mean_{q≥1} 1/(q+1). Memory: one
+    `[*head, query]` row-sum temporary.
     """
     check_pattern(pattern, min_dims=2, allow_zero_rows=True)
     n = pattern.shape[-1]
     if n < 2:
         raise InputError("the previous-token score needs at least 2 positions")
-    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).double().mean(-1).to(pattern.dtype)
+    diagonal = pattern.diagonal(offset=-1, dim1=-2, dim2=-1).double()  # queries 1..n-1
+    real = pattern[..., 1:, :].sum(-1, dtype=torch.float64) > 0.5
+    count = real.sum(-1)
+    total = torch.where(real, diagonal, 0.0).sum(-1)
+    score = torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+    return score.to(pattern.dtype)
 
 
 def induction_score(
@@ -122,6 +153,22 @@ def induction_score(
 # -- the full taxonomy ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HeadTaxonomy:
+    """Taxonomy scores with their evidence (docs/methods.md §2.7).
+
+    - `scores`: category → `[layer, head]` float32 score in [0, 1] (NaN where undefined);
+    - `support`: category → `[layer, head]` int64, the number of defining queries behind
+      the score (summed over prompts; the same for every captured head, 0 for heads
+      that were not captured);
+    - `layer_index`: the model layer of each row (layer 0 gets no `induction` label).
+    """
+
+    scores: dict[str, Float[Tensor, "layer head"]]
+    support: dict[str, Int[Tensor, "layer head"]]
+    layer_index: tuple[int, ...]
+
+
 def head_scores_from_pattern(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "batch layer head query key"],
     token_ids: Int[Tensor, " query"]
@@ -134,14 +181,36 @@ def head_scores_from_pattern(
     causal: bool | None = None,
     window: int = 2,
 ) -> dict[str, Float[Tensor, "layer head"]]:
-    """Taxonomy scores of every head (module docstring for the definitions).
+    """Taxonomy scores of every head: `head_taxonomy_from_pattern(...).scores`."""
+    return head_taxonomy_from_pattern(
+        pattern, token_ids, lengths=lengths, bos=bos, causal=causal, window=window
+    ).scores
+
+
+def head_taxonomy_from_pattern(
+    pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "batch layer head query key"],
+    token_ids: Int[Tensor, " query"]
+    | Int[Tensor, "batch query"]
+    | Sequence[int]
+    | Sequence[Sequence[int]],
+    *,
+    lengths: Sequence[int] | Int[Tensor, " batch"] | None = None,
+    bos: bool = True,
+    causal: bool | None = None,
+    window: int = 2,
+    layer_index: Sequence[int] | None = None,
+) -> HeadTaxonomy:
+    """Taxonomy scores of every head, with their support (module docstring for the
+    definitions).
 
     `pattern` is one prompt `[layer, head, query, key]` with `token_ids` `[query]`, or
     a right-padded batch `[batch, layer, head, query, key]` with `token_ids`
-    `[batch, query]` and `lengths` (real tokens per prompt; None: all full length).
-    `causal=None` infers causality from the pattern (no mass above the diagonal).
-    Returns a dict with the six category names as keys, each `[layer, head]`, float32,
-    in [0, 1] (NaN where undefined). Rows of real queries must sum to 1.
+    `[batch, query]` and `lengths` (real tokens per prompt; None: all full length);
+    padded queries and keys never count. `causal=None` infers causality from the pattern
+    (no mass above the diagonal). `layer_index`: the model layer of each row (default
+    0, 1, ...). Scores: the seven categories, each `[layer, head]`, float32, in [0, 1]
+    (NaN where undefined); support: their defining queries. Rows of real queries must
+    sum to 1.
 
     Memory: one layer of the pattern in float64 at a time plus a few `[batch, query,
     key]` masks; the pattern itself is not copied (unless it holds NaN heads).
@@ -151,6 +220,9 @@ def head_scores_from_pattern(
     device = pattern.device
     if window < 0:
         raise InputError(f"window must be >= 0, got {window}")
+    rows = tuple(range(n_layers)) if layer_index is None else tuple(int(i) for i in layer_index)
+    if len(rows) != n_layers:
+        raise InputError(f"layer_index has {len(rows)} entries for {n_layers} layers")
     if causal is None:  # one layer at a time: no pattern-sized temporary
         causal = all(
             bool((torch.triu(pattern[:, layer], diagonal=1).abs() <= 1e-6).all())
@@ -170,11 +242,13 @@ def head_scores_from_pattern(
     induction[..., 1:] = duplicate[..., :-1]  # key j + 1 for every earlier copy j
     visible = pair & (k_index <= q_index)[None] if causal else pair
     n_visible = visible.sum(-1)  # [batch, query]
+    next_key = (k_index == q_index + 1)[None] & visible  # empty when causal
 
     masks = {
         "previous_token": (k_index == q_index - 1)[None] & pair,
         "duplicate_token": duplicate,
         "induction": induction,
+        "next_token": next_key,
         "first_token_sink": (k_index == 0)[None] & pair,
         "local": ((q_index - k_index).abs() <= window)[None] & pair & key_ok,
     }
@@ -183,6 +257,7 @@ def head_scores_from_pattern(
         "previous_token": real & (position >= 1),
         "duplicate_token": duplicate.any(-1),
         "induction": induction.any(-1),
+        "next_token": next_key.any(-1),
         "first_token_sink": real & (position >= 1),
         "local": real & (position >= first),
         "uniform": real & (n_visible >= 2),
@@ -201,10 +276,12 @@ def head_scores_from_pattern(
         per_query["uniform"][:, layer] = overlap.sum(-1)
 
     scores: dict[str, Tensor] = {}
+    support: dict[str, Tensor] = {}
     for name in (
         "previous_token",
         "duplicate_token",
         "induction",
+        "next_token",
         "first_token_sink",
         "local",
         "uniform",
@@ -222,7 +299,9 @@ def head_scores_from_pattern(
             )
         score = score.clamp(0.0, 1.0)  # float error only; masses of rows summing to 1
         scores[name] = score.masked_fill(missing, float("nan")).float()
-    return scores
+        total = torch.full((n_layers, n_heads), int(valid[name].sum()), device=device)
+        support[name] = total.masked_fill(missing, 0).to(torch.int64)
+    return HeadTaxonomy(scores=scores, support=support, layer_index=rows)
 
 
 def _prepare(
@@ -291,109 +370,280 @@ def _prepare(
 
 
 def head_scores(record: Any, *, window: int = 2) -> dict[str, Float[Tensor, "layer head"]]:
-    """`head_scores_from_pattern` on an attention record (duck-typed: `.pattern`,
-    `.token_ids`, `.lengths`, and optionally `.spec` with `causal` and `bos_token_id`).
+    """`head_scores_from_pattern` on an attention record: `head_taxonomy(record).scores`."""
+    return head_taxonomy(record, window=window).scores
+
+
+def head_taxonomy(record: Any, *, window: int = 2) -> HeadTaxonomy:
+    """`head_taxonomy_from_pattern` on an attention record (duck-typed: `.pattern`,
+    `.token_ids`, `.lengths`, and optionally `.spec` with `causal` and `bos_token_id`,
+    and `.layer_index`).
 
     The score tensors' axes are the record's pattern axes, i.e. model layers
     `record.layer_index` and heads `record.head_index`. BOS handling: `bos` is True
     when every prompt starts with `spec.bos_token_id` (False without a spec);
-    causality comes from `spec.causal` (inferred from the pattern without a spec).
+    causality comes from `spec.causal` (inferred from the pattern without a spec);
+    padding from `record.lengths`.
     """
     spec = getattr(record, "spec", None)
     token_ids = torch.as_tensor(record.token_ids)
     bos_id = getattr(spec, "bos_token_id", None)
     bos = bool(bos_id is not None and token_ids.numel() and (token_ids[..., 0] == bos_id).all())
     causal = getattr(spec, "causal", None)
-    return head_scores_from_pattern(
+    return head_taxonomy_from_pattern(
         record.pattern,
         token_ids,
         lengths=getattr(record, "lengths", None),
         bos=bos,
         causal=None if causal is None else bool(causal),
         window=window,
+        layer_index=getattr(record, "layer_index", None),
     )
 
 
+@dataclass(frozen=True)
+class HeadLabel:
+    """One head's label with its evidence.
+
+    `label`: a category, INSUFFICIENT or NO_LABEL. `category`: the category behind it:
+    the label's own; for INSUFFICIENT the best category that lacked support; for
+    NO_LABEL the best-scoring category (None when every score is NaN). `score` and
+    `support` are that category's (`support` None when unknown)."""
+
+    label: str
+    category: str | None
+    score: float
+    support: int | None
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED: Any = _Required()
+
+
+def head_label_details(
+    record_or_scores: Any,
+    thresholds: Mapping[str, float] | None = None,
+    *,
+    support: Mapping[str, Any] | _Required | None = _REQUIRED,
+    layer_index: Sequence[int] | None = None,
+    min_support: int = MIN_SUPPORT,
+) -> list[list[HeadLabel]]:
+    """The primary label of every head, with its score and support, as a `[layer][head]`
+    grid of HeadLabel (see `head_labels` for the rules).
+
+    Accepts an attention record (scored with `head_taxonomy`), a HeadTaxonomy, or a
+    dict of `[layer, head]` scores; a dict needs `support=` (category → `[layer, head]`
+    or a number of defining queries; `support=None` says it is unknown and skips the
+    minimum) and may give `layer_index` (the model layer of each row, default 0, 1, ...).
+    """
+    scores, counts, layers = _evidence(record_or_scores, support, layer_index)
+    limits = _limits(thresholds)
+    if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 0:
+        raise InputError(f"min_support must be an int >= 0, got {min_support!r}")
+    names = [name for name in CATEGORIES if name in scores]
+    shape = scores[names[0]].shape
+    grid: list[list[HeadLabel]] = []
+    for row in range(shape[0]):
+        cells = []
+        for head in range(shape[1]):
+            allowed = [
+                name for name in names if not (layers[row] == 0 and name in NEEDS_EARLIER_LAYER)
+            ]
+            values = {name: float(scores[name][row, head]) for name in allowed}
+
+            def count(name: str, row: int = row, head: int = head) -> int | None:
+                return None if counts is None else int(counts[name][row, head])
+
+            def enough(name: str) -> bool:
+                found = count(name)
+                return found is None or found >= min_support
+
+            chosen: HeadLabel | None = None
+            for tier in _tiers(values, limits, allowed):
+                if not tier:
+                    continue
+                best = next((name for name in tier if enough(name)), None)
+                name = best if best is not None else tier[0]
+                label = name if best is not None else INSUFFICIENT
+                chosen = HeadLabel(label, name, values[name], count(name))
+                break
+            if chosen is None:
+                finite = [(v, -i, n) for i, (n, v) in enumerate(values.items()) if v == v]
+                if finite:
+                    _, _, name = max(finite)
+                    chosen = HeadLabel(NO_LABEL, name, values[name], count(name))
+                else:
+                    chosen = HeadLabel(NO_LABEL, None, float("nan"), None)
+            cells.append(chosen)
+        grid.append(cells)
+    return grid
+
+
 def head_label_sets(
-    record_or_scores: Any, thresholds: Mapping[str, float] | None = None
+    record_or_scores: Any,
+    thresholds: Mapping[str, float] | None = None,
+    *,
+    support: Mapping[str, Any] | _Required | None = _REQUIRED,
+    layer_index: Sequence[int] | None = None,
+    min_support: int = MIN_SUPPORT,
 ) -> dict[tuple[int, int], list[str]]:
     """Every label of every head: `{(layer, head): [category, ...]}` with the
-    categories whose score is above its threshold: the specific ones (induction,
-    duplicate_token, previous_token, first_token_sink) by decreasing score, then the
-    generic ones (local, uniform) by decreasing score; scores within 1e-6 count as tied
-    and the earlier category in CATEGORIES goes first. Heads with no label map to [].
+    categories whose score is above its threshold and whose support reaches
+    `min_support` (induction never at layer 0): the specific ones (induction,
+    duplicate_token, previous_token, next_token, first_token_sink) by decreasing score,
+    then the generic ones (local, uniform) by decreasing score; scores within 1e-6 count
+    as tied and the earlier category in CATEGORIES goes first. Heads with no label map
+    to []. Input as for `head_label_details`.
 
     `(layer, head)` are positions on the score tensors' axes (for a record: indices
     into `record.layer_index` / `record.head_index`, not model indices).
     """
-    scores = _scores(record_or_scores)
-    limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    unknown = sorted(set(thresholds or {}) - set(DEFAULT_THRESHOLDS))
-    if unknown:
-        raise InputError(f"unknown taxonomy categories in thresholds: {unknown}")
+    scores, counts, layers = _evidence(record_or_scores, support, layer_index)
+    limits = _limits(thresholds)
     names = [name for name in CATEGORIES if name in scores]
-    if not names:
-        raise InputError(f"no taxonomy scores found; expected keys among {list(CATEGORIES)}")
     shape = scores[names[0]].shape
     labels: dict[tuple[int, int], list[str]] = {}
-    for layer in range(shape[0]):
+    for row in range(shape[0]):
         for head in range(shape[1]):
-            above = []
-            for rank, name in enumerate(names):
-                value = float(scores[name][layer, head])
-                if value == value and value > limits[name]:  # NaN never labels
-                    above.append((value, rank, name))
-            ordered: list[tuple[float, int, str]] = []
-            for tier in (
-                [a for a in above if a[2] not in GENERIC],
-                [a for a in above if a[2] in GENERIC],
-            ):
-                tier.sort(key=lambda item: (-item[0], item[1]))
-                if tier:  # scores within _TIE of the tier's best: the most specific leads
-                    best = min(
-                        (a for a in tier if a[0] >= tier[0][0] - _TIE), key=lambda item: item[1]
-                    )
-                    tier.remove(best)
-                    tier.insert(0, best)
-                ordered += tier
-            labels[(layer, head)] = [name for _, _, name in ordered]
+            allowed = [
+                name for name in names if not (layers[row] == 0 and name in NEEDS_EARLIER_LAYER)
+            ]
+            values = {name: float(scores[name][row, head]) for name in allowed}
+            labels[(row, head)] = [
+                name
+                for tier in _tiers(values, limits, allowed)
+                for name in tier
+                if counts is None or int(counts[name][row, head]) >= min_support
+            ]
     return labels
 
 
 def head_labels(
-    record_or_scores: Any, thresholds: Mapping[str, float] | None = None
+    record_or_scores: Any,
+    thresholds: Mapping[str, float] | None = None,
+    *,
+    support: Mapping[str, Any] | _Required | None = _REQUIRED,
+    layer_index: Sequence[int] | None = None,
+    min_support: int = MIN_SUPPORT,
 ) -> list[list[str]]:
-    """Primary label per head as a `[layer][head]` grid of strings, or "none".
+    """Primary label per head as a `[layer][head]` grid of strings: a category,
+    "insufficient" (INSUFFICIENT) or "none".
 
     The primary label is the highest-scoring *specific* category (induction,
-    duplicate_token, previous_token, first_token_sink) above its threshold
+    duplicate_token, previous_token, next_token, first_token_sink) above its threshold
     (DEFAULT_THRESHOLDS, overridable per category); only when there is none, the
     higher-scoring generic one (local, uniform). Why: the local window contains the
     previous token, so a previous-token head always scores at least as high on
     `local` and would otherwise never be called a previous-token head. Ties (within
     1e-6) go to the earlier category in CATEGORIES.
 
-    Accepts an attention record (scored with `head_scores`) or the dict of scores.
+    Evidence: a category whose support is below `min_support` defining queries (4)
+    cannot be the label; when every qualifying category of the tier lacks support the
+    head is "insufficient". `induction` (which needs an earlier layer) never labels a
+    layer-0 head.
+
+    Accepts an attention record, a HeadTaxonomy, or a dict of scores with `support=`
+    (see `head_label_details`).
     """
-    sets = head_label_sets(record_or_scores, thresholds)
-    n_layers = 1 + max(layer for layer, _ in sets)
-    n_heads = 1 + max(head for _, head in sets)
-    return [
-        [(sets[(layer, head)] or [NO_LABEL])[0] for head in range(n_heads)]
-        for layer in range(n_layers)
+    grid = head_label_details(
+        record_or_scores,
+        thresholds,
+        support=support,
+        layer_index=layer_index,
+        min_support=min_support,
+    )
+    return [[cell.label for cell in row] for row in grid]
+
+
+def _limits(thresholds: Mapping[str, float] | None) -> dict[str, float]:
+    unknown = sorted(set(thresholds or {}) - set(DEFAULT_THRESHOLDS))
+    if unknown:
+        raise InputError(f"unknown taxonomy categories in thresholds: {unknown}")
+    return {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+
+
+def _tiers(
+    values: Mapping[str, float], limits: Mapping[str, float], order: Sequence[str]
+) -> list[list[str]]:
+    """The categories above their thresholds, as [specific, generic] tiers, each by
+    decreasing score; within 1e-6 of a tier's best, the earliest category leads."""
+    rank = {name: i for i, name in enumerate(order)}
+    above = [
+        (value, rank[name], name)
+        for name, value in values.items()
+        if value == value and value > limits[name]  # NaN never labels
     ]
+    tiers = []
+    for tier in (
+        [a for a in above if a[2] not in GENERIC],
+        [a for a in above if a[2] in GENERIC],
+    ):
+        tier.sort(key=lambda item: (-item[0], item[1]))
+        if tier:  # scores within _TIE of the tier's best: the most specific leads
+            best = min((a for a in tier if a[0] >= tier[0][0] - _TIE), key=lambda item: item[1])
+            tier.remove(best)
+            tier.insert(0, best)
+        tiers.append([name for _, _, name in tier])
+    return tiers
+
+
+def _evidence(
+    record_or_scores: Any, support: Any, layer_index: Sequence[int] | None
+) -> tuple[Mapping[str, Tensor], Mapping[str, Tensor] | None, tuple[int, ...]]:
+    """(scores, support or None when unknown, model layer of each row)."""
+    if isinstance(record_or_scores, HeadTaxonomy):
+        taxonomy = record_or_scores
+    elif hasattr(record_or_scores, "pattern"):
+        taxonomy = head_taxonomy(record_or_scores)
+    else:
+        taxonomy = None
+    if taxonomy is not None:
+        if support is not _REQUIRED or layer_index is not None:
+            raise InputError("support= and layer_index= only go with a dict of scores")
+        return taxonomy.scores, taxonomy.support, taxonomy.layer_index
+    scores = _scores(record_or_scores)
+    shape = next(iter(scores.values())).shape
+    if support is _REQUIRED:
+        raise InputError(
+            "labels from a dict of scores need support= (category -> defining queries, "
+            "from head_taxonomy(...).support; support=None if unknown); or pass the record "
+            "or its HeadTaxonomy"
+        )
+    counts = None
+    if support is not None:
+        counts = {}
+        for name in (name for name in CATEGORIES if name in scores):
+            if name not in support:
+                raise InputError(f"support= has no entry for category {name!r}")
+            value = torch.as_tensor(support[name])
+            if value.dim() == 0:
+                value = value.expand(shape)
+            if tuple(value.shape) != tuple(shape):
+                raise InputError(
+                    f"support of {name!r} must be a number or {tuple(shape)}, "
+                    f"got {tuple(value.shape)}"
+                )
+            counts[name] = value
+    layers = tuple(range(shape[0])) if layer_index is None else tuple(int(i) for i in layer_index)
+    if len(layers) != shape[0]:
+        raise InputError(f"layer_index has {len(layers)} entries for {shape[0]} score rows")
+    return scores, counts, layers
 
 
 def _scores(record_or_scores: Any) -> Mapping[str, Tensor]:
-    if hasattr(record_or_scores, "pattern"):
-        return head_scores(record_or_scores)
     if isinstance(record_or_scores, Mapping):
         scores = {name: torch.as_tensor(value) for name, value in record_or_scores.items()}
         for name, value in scores.items():
             if value.dim() != 2:
                 raise InputError(f"score {name!r} must be [layer, head], got {tuple(value.shape)}")
+        if not any(name in scores for name in CATEGORIES):
+            raise InputError(f"no taxonomy scores found; expected keys among {list(CATEGORIES)}")
         return scores
     raise InputError(
-        "head_labels needs an attention record or a dict of [layer, head] scores, got "
-        f"{type(record_or_scores).__name__}"
+        "head_labels needs an attention record, a HeadTaxonomy or a dict of [layer, head] "
+        f"scores, got {type(record_or_scores).__name__}"
     )

@@ -11,6 +11,7 @@ import json
 
 from dash import Dash, Input, Output, State, dcc, html
 
+from headscope.analyses.taxonomy import INSUFFICIENT, MIN_SUPPORT, NO_LABEL, HeadLabel
 from headscope.dashboard import results, routes
 from headscope.dashboard.components import card, graph, stats_table
 from headscope.dashboard.inputs import check_head
@@ -56,7 +57,9 @@ def layout() -> list:
                         card(
                             "Taxonomy scores",
                             html.Div(id="head-taxonomy"),
-                            note="Attention mass on each ideal pattern (1 = pure).",
+                            note="Attention mass on each ideal pattern (1 = pure), with the "
+                            "number of queries that define it; a label needs "
+                            f"{MIN_SUPPORT}.",
                         ),
                         card(
                             "QK / OV spectra",
@@ -123,31 +126,71 @@ def head_side(session: ModelSession, pathname: str | None, store: dict | None) -
         ("previous-token mass", f"{float(stats.previous_token[layer, head]):.3f}"),
     ]
     try:
-        rows.append(("sink score α₀", f"{float(results.sink_scores(state)[layer, head, 0]):.3f}"))
+        decision = results.sinks(state)
+        alpha, baseline = float(decision.alpha[layer, head, 0]), float(decision.baseline[0])
+        verdict = (
+            "a sink"
+            if bool(decision.sinks[layer, head, 0])
+            else f"not a sink (needs > {decision.floor:g} and ≥ {decision.min_ratio:g}×)"
+        )
+        rows.append(
+            (
+                "sink score α₀",
+                f"{alpha:.3f} = {alpha / baseline:.1f}× uniform ({baseline:.3f}): {verdict}",
+            )
+        )
     except Exception as error:
         rows.append(("sink score α₀", describe(error, "the sink score")))
     column = state.record.map(layer, head).sum(0)
     top = int(column.argmax())
     rows.append(("most attended key", f"{top}: {display_token(state.tokens[top])}"))
     try:
-        scores = results.taxonomy_scores(state)
-        labels, _ = results.taxonomy_labels(state)
+        evidence = results.taxonomy_evidence(state)
+        cell = results.taxonomy_labels(state)[layer][head]
         taxonomy = [
             html.Div(
-                f"label: {labels[layer][head].replace('_', ' ')}",
+                f"label: {label_text(cell)}",
                 className="hs-metric",
                 style={"marginBottom": "6px"},
             ),
             stats_table(
                 [
-                    (name.replace("_", " "), f"{float(value[layer, head]):.3f}")
-                    for name, value in scores.items()
+                    (
+                        name.replace("_", " "),
+                        f"{_value(float(value[layer, head]))} "
+                        f"({_queries(int(evidence.support[name][layer, head]))})",
+                    )
+                    for name, value in evidence.scores.items()
                 ]
             ),
         ]
     except Exception as error:
         taxonomy = alert(describe(error, "the head taxonomy"), kind="warning")
     return stats_table(rows), taxonomy
+
+
+def label_text(cell: HeadLabel) -> str:
+    """A head's label with its evidence, e.g. "induction 0.980 (support 9 queries)", or
+    "insufficient evidence: induction 0.698 from 1 query (needs 4)"."""
+    if cell.category is None:
+        return cell.label
+    category = cell.category.replace("_", " ")
+    count = "unknown" if cell.support is None else _queries(cell.support)
+    if cell.label == INSUFFICIENT:
+        return (
+            f"insufficient evidence: {category} {cell.score:.3f} from {count} (needs {MIN_SUPPORT})"
+        )
+    if cell.label == NO_LABEL:
+        return f"none (best: {category} {cell.score:.3f}, support {count})"
+    return f"{category} {cell.score:.3f} (support {count})"
+
+
+def _value(score: float) -> str:
+    return "undefined" if score != score else f"{score:.3f}"
+
+
+def _queries(count: int) -> str:
+    return f"{count} {'query' if count == 1 else 'queries'}"
 
 
 def exact_values(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
+from headscope.analyses.taxonomy import INSUFFICIENT, MIN_SUPPORT
 from headscope.dashboard import results, routes
 from headscope.dashboard.components import card, graph, page_header, token_chips
 from headscope.dashboard.inputs import clicked_head
@@ -44,13 +45,16 @@ def layout() -> list:
                     "Sink mass",
                     graph("overview-sink", height=260),
                     note="Sink score of the first token, α₀ (mean attention to key 0 over "
-                    "the queries that see it).",
+                    "the queries that see it); the title gives uniform attention's α₀ over "
+                    "the model's mask on this prompt, the content-free baseline.",
                 ),
                 card(
                     "Head taxonomy",
                     graph("overview-labels", height=260),
                     note="Primary pattern per head (the best score above its category's "
-                    "threshold) and that score.",
+                    "threshold) and that score; hover for its support. A label needs "
+                    f"{MIN_SUPPORT} defining queries: with fewer the head shows "
+                    "“insufficient evidence”. Induction is never a layer-0 label.",
                 ),
             ],
             className="hs-grid-3",
@@ -68,15 +72,26 @@ def overview_outputs(session: ModelSession, store: dict | None) -> tuple:
     problems: list[str] = []
     stats = results.summary(state)
 
+    sink_heading = ""
     try:
-        sink = results.sink_scores(state)[..., 0]
-        sink_title = "α₀"
+        decision = results.sinks(state)
+        sink, sink_title = decision.alpha[..., 0], "α₀"
+        sink_heading = f"uniform α₀ = {float(decision.baseline[0]):.2f}"
     except Exception as error:  # the position analysis is optional here
         problems.append(describe(error, "the sink score"))
         sink, sink_title = stats.first_token, "first-token mass"
     try:
-        labels, best = results.taxonomy_labels(state)
-        labels_figure = label_grid(labels, scores=best, layer_index=layers, head_index=heads)
+        details = results.taxonomy_labels(state)
+        labels = [[cell.label for cell in row] for row in details]
+        labels_figure = label_grid(
+            labels,
+            scores=[[_score(cell.score) for cell in row] for row in details],
+            support=[[_score(cell.support) for cell in row] for row in details],
+            categories=[[cell.category for cell in row] for row in details],
+            min_support=MIN_SUPPORT,
+            layer_index=layers,
+            head_index=heads,
+        )
     except Exception as error:
         problems.append(describe(error, "the head taxonomy"))
         labels = None
@@ -85,7 +100,7 @@ def overview_outputs(session: ModelSession, store: dict | None) -> tuple:
     hover = [
         [
             f"entropy {float(stats.entropy[li, hi]):.2f} · {sink_title} {float(sink[li, hi]):.2f}"
-            + (f" · {labels[li][hi].replace('_', ' ')}" if labels else "")
+            + (f" · {_label_text(labels[li][hi])}" if labels else "")
             for hi in range(len(heads))
         ]
         for li in range(len(layers))
@@ -95,10 +110,24 @@ def overview_outputs(session: ModelSession, store: dict | None) -> tuple:
         stats.entropy, colorbar_title="nats", layer_index=layers, head_index=heads
     )
     sink_figure = layer_head_heatmap(
-        sink, colorbar_title=sink_title, layer_index=layers, head_index=heads, zmin=0.0, zmax=1.0
+        sink,
+        title=sink_heading,
+        colorbar_title=sink_title,
+        layer_index=layers,
+        head_index=heads,
+        zmin=0.0,
+        zmax=1.0,
     )
     message = alert("; ".join(dict.fromkeys(problems)), kind="warning") if problems else None
     return (token_chips(state.tokens), grid, entropy, sink_figure, labels_figure, message)
+
+
+def _score(value: float | int | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _label_text(label: str) -> str:
+    return "insufficient evidence" if label == INSUFFICIENT else label.replace("_", " ")
 
 
 def open_head(session: ModelSession, click_data: dict | None) -> str:

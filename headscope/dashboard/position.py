@@ -1,19 +1,26 @@
 """Page 5, Position: attention sinks per head (Xiao et al. 2023; the α_k metric
-of Gu et al. 2025) and the model's cumulative influence by distance next to
-the same computation on the attention mask alone (Wu et al. 2025, "On the
-Emergence of Position Bias in Transformers")."""
+of Gu et al. 2025, read against uniform attention's α_k, docs/methods.md §3.2) and
+the model's cumulative influence by distance next to the same computation on the
+attention mask alone (Wu et al. 2025, "On the Emergence of Position Bias in
+Transformers")."""
 
 from __future__ import annotations
 
+import math
+
 from dash import Dash, Input, Output, dcc, html
 
+from headscope.analyses.position import SINK_FLOOR, SINK_MIN_QUERIES, SINK_RATIO
 from headscope.dashboard import results
 from headscope.dashboard.components import card, graph, page_header
-from headscope.dashboard.inputs import check_fraction, choice
+from headscope.dashboard.inputs import choice
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
 from headscope.figures.position import influence_by_distance, sink_scores
 from headscope.figures.style import display_token, message_figure
+
+#: The range of the sink-ratio slider.
+RATIO_MIN, RATIO_MAX = 1.0, 10.0
 
 #: Masks offered as the mask-only baseline (the first is the model's own).
 CAUSAL_MASKS = ("causal", "sliding_window", "prefix", "decay")
@@ -40,14 +47,14 @@ def layout(session: ModelSession) -> list:
                     "Attention sinks",
                     html.Div(
                         [
-                            html.Label("sink threshold", htmlFor="pos-threshold"),
+                            html.Label("sink ratio to uniform attention", htmlFor="pos-threshold"),
                             dcc.Slider(
                                 id="pos-threshold",
-                                min=0.1,
-                                max=0.9,
-                                step=0.05,
-                                value=0.3,
-                                marks={v: f"{v:g}" for v in (0.1, 0.3, 0.5, 0.7, 0.9)},
+                                min=RATIO_MIN,
+                                max=RATIO_MAX,
+                                step=0.5,
+                                value=SINK_RATIO,
+                                marks={v: f"{v:g}×" for v in (1, 2, 4, 6, 8, 10)},
                             ),
                         ],
                         className="hs-control",
@@ -55,8 +62,11 @@ def layout(session: ModelSession) -> list:
                     ),
                     html.Div(id="pos-sink-heads", className="hs-metric", style={"margin": "6px 0"}),
                     graph("pos-sinks", message="Computing…", height=420),
-                    note="α_k = mean attention to key k over the queries that can see it; "
-                    "a head is a sink head for k when α_k exceeds the threshold.",
+                    note="α_k = mean attention to key k over the queries that can see it. "
+                    "Uniform attention over the same keys gives α_k^uniform (the causal mask "
+                    "alone drifts it toward key 0; 1/T when bidirectional), read from the "
+                    f"model. A sink needs α_k > {SINK_FLOOR:g}, α_k ≥ ratio × α_k^uniform "
+                    f"and at least {SINK_MIN_QUERIES} queries that see the key.",
                 ),
                 card(
                     "Influence by distance",
@@ -84,36 +94,59 @@ def layout(session: ModelSession) -> list:
     ]
 
 
+def check_ratio(value: object, default: float = SINK_RATIO) -> float:
+    """The slider's ratio: a finite number, clipped to [RATIO_MIN, RATIO_MAX]."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    if not math.isfinite(number):
+        return default
+    return min(RATIO_MAX, max(RATIO_MIN, number))
+
+
 def position_outputs(
-    session: ModelSession, store: dict | None, threshold: object, mask: object
+    session: ModelSession, store: dict | None, ratio: object, mask: object
 ) -> tuple:
     """(sink heads text, sink figure, influence figure, message)."""
     state = session.state(store.get("prompt") if isinstance(store, dict) else None)
     record = state.record
-    limit = check_fraction(threshold, 0.3)
+    limit = check_ratio(ratio)
     problems = []
     try:
-        scores = results.sink_scores(state)
+        decision = results.sinks(state, limit)
         sinks = sink_scores(
-            scores,
+            decision.alpha,
             state.tokens,
-            threshold=limit,
+            sinks=decision.sinks,
+            baseline=decision.baseline,
+            support=decision.support,
+            min_queries=decision.min_queries,
+            rule=f"≥ {limit:g}× uniform",
             layer_index=record.layer_index,
             head_index=record.head_index,
         )
-        hot = (scores > limit).nonzero().tolist()
+        hot = decision.pairs()
         listed = ", ".join(
             f"L{record.layer_index[li]}.H{record.head_index[hi]}→{k} "
-            f"{display_token(state.tokens[k])}"
+            f"{display_token(state.tokens[k])} ({float(decision.ratio[li, hi, k]):.1f}×)"
             for li, hi, k in hot[:24]
         )
         more = f" (+{len(hot) - 24} more)" if len(hot) > 24 else ""
-        bos = " (BOS prepended: key 0 is BOS)" if record.provenance.prepended_bos else ""
+        bos = " BOS prepended: key 0 is BOS." if record.provenance.prepended_bos else ""
+        rule = f"{decision.rule()}, the mask read from the model."
         text = (
-            f"{len(hot)} sink (head, key) pairs above {limit:g}{bos}: {listed}{more}"
+            f"{len(hot)} sink (head, key) pairs: {listed}{more}. Rule: {rule}{bos}"
             if hot
-            else f"no head has α_k above {limit:g}{bos}"
+            else f"No sink: no head has {rule}{bos}"
         )
+        reach = 1.0 / float(decision.baseline[0])
+        if reach < limit:  # even α_0 = 1 would fall short of the ratio
+            text += (
+                f" On {len(state.tokens)} tokens even all of every query's attention on "
+                f"key 0 is only {reach:.1f}× uniform: too short a prompt to call a "
+                "first-token sink."
+            )
     except Exception as error:
         problems.append(describe(error, "the sink scores"))
         sinks, text = message_figure("sink scores unavailable"), ""

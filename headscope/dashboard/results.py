@@ -21,35 +21,37 @@ def summary(state: PromptState) -> HeadSummary:
     return state.cached("summary", lambda: head_summary(state.record.pattern))
 
 
+def taxonomy_evidence(state: PromptState) -> taxonomy.HeadTaxonomy:
+    """`head_taxonomy(record)`: every category's `[layer, head]` score and support."""
+    return state.cached("taxonomy", lambda: taxonomy.head_taxonomy(state.record))
+
+
 def taxonomy_scores(state: PromptState) -> dict[str, Tensor]:
     """`head_scores(record)`: one `[layer, head]` score per taxonomy category."""
-    return state.cached("taxonomy", lambda: dict(taxonomy.head_scores(state.record)))
+    return dict(taxonomy_evidence(state).scores)
 
 
-def taxonomy_labels(state: PromptState) -> tuple[list[list[str]], Tensor]:
-    """(primary label per head, that label's score per head): `head_labels`
-    with its default per-category thresholds; unlabelled heads ("none") carry
-    their best score."""
+def taxonomy_labels(state: PromptState) -> list[list[taxonomy.HeadLabel]]:
+    """The primary label of every head with its evidence (`head_label_details` with the
+    default thresholds and minimum support): the label ("insufficient" when its best
+    category rests on too few queries, "none" when nothing qualifies), the category
+    behind it, that category's score and its support (defining queries)."""
+    return state.cached("labels", lambda: taxonomy.head_label_details(taxonomy_evidence(state)))
 
-    def compute() -> tuple[list[list[str]], Tensor]:
-        scores = taxonomy_scores(state)
-        labels = taxonomy.head_labels(scores)
-        stacked = torch.stack([scores[name].float() for name in scores]).nan_to_num(-1.0)
-        best = stacked.max(0).values
-        for layer, row in enumerate(labels):
-            for head, label in enumerate(row):
-                if label in scores:
-                    best[layer, head] = float(scores[label][layer, head])
-        return labels, best
 
-    return state.cached("labels", compute)
+def sinks(state: PromptState, ratio: float = position.SINK_RATIO) -> position.SinkDecision:
+    """The sink decision of the prompt (`position.sink_decision(record)`): α_k per
+    `[layer, head, key]` read against uniform attention over the keys each query may
+    see, with causality from the record's model spec."""
+    return state.cached(
+        ("sinks", float(ratio)), lambda: position.sink_decision(state.record, ratio=ratio)
+    )
 
 
 def sink_scores(state: PromptState) -> Tensor:
     """Sink score α_k per `[layer, head, key]` (Gu et al. 2025 metric), with the
-    visibility of the model's mask (causal or not)."""
-    causal = state.record.spec.causal
-    return state.cached("sinks", lambda: position.sink_scores(state.record.pattern, causal=causal))
+    visibility of the model's mask (causality from the record)."""
+    return sinks(state).alpha
 
 
 def rollout(state: PromptState, residual: float = 0.5) -> Tensor:

@@ -1,17 +1,18 @@
 """Per-prompt attention summaries for reports: each prompt captured once, then
 the pure analyses of `headscope.analyses` on its maps.
 
-For every prompt: the head-taxonomy scores (`taxonomy.head_scores`), the sink
-scores α_k of every key (`position.sink_scores`, with the model's own
-causality), and the cumulative influence by distance of the model's
-head-averaged maps and of its mask alone (`position.cumulative_influence`,
-Wu et al. 2025; docs/methods.md §3.1).
+For every prompt: the head-taxonomy scores and their support
+(`taxonomy.head_taxonomy`), the sink scores α_k of every key
+(`position.sink_scores` of the record, so with the model's own causality, which
+the summary keeps for the sink decision's baseline), and the cumulative influence
+by distance of the model's head-averaged maps and of its mask alone
+(`position.cumulative_influence`, Wu et al. 2025; docs/methods.md §3.1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ class PromptSummary:
     """One prompt: `taxonomy` category → `[layer, head]` (NaN where undefined),
     `sinks` α_k `[layer, head, key]`, `influence` and `influence_baseline`
     `[layer, distance]` (model and mask alone), its `tokens` and whether BOS was
-    prepended."""
+    prepended; `support` category → `[layer, head]` number of queries defining the
+    taxonomy score (empty: unknown) and `causal`, the model's mask, which gives the
+    sinks' content-free baseline (`position.sink_baseline`; None: unknown)."""
 
     taxonomy: dict[str, np.ndarray]
     sinks: np.ndarray
@@ -35,6 +38,8 @@ class PromptSummary:
     influence_baseline: np.ndarray
     tokens: tuple[str, ...]
     bos_prepended: bool
+    support: dict[str, np.ndarray] = field(default_factory=dict)
+    causal: bool | None = None
 
 
 def summarize_prompts(
@@ -67,18 +72,18 @@ def summarize_prompts(
             part = rows[start : start + chunk]
             batch = model.batch_from_ids([row.ids for row in part])
             record = capture(model, batch)
-            sinks = position.sink_scores(
-                record.pattern, causal=spec.causal, lengths=torch.tensor(batch.lengths)
-            )  # [batch, layer, head, key]
+            sinks = position.sink_scores(record)  # [batch, layer, head, key]
+            if sinks.dim() == 3:  # a one-prompt record
+                sinks = sinks[None]
             for i in range(batch.batch_size):
                 one = record.prompt(i)
                 n = batch.lengths[i]
                 mask = position.mask_attention(mask_kind, n)
+                evidence = taxonomy.head_taxonomy(one)
                 out.append(
                     PromptSummary(
                         taxonomy={
-                            name: score.double().numpy()
-                            for name, score in taxonomy.head_scores(one).items()
+                            name: score.double().numpy() for name, score in evidence.scores.items()
                         },
                         sinks=sinks[i, :, :, :n].numpy(),
                         influence=position.influence_by_distance(
@@ -89,6 +94,8 @@ def summarize_prompts(
                         ).numpy(),
                         tokens=tuple(batch.tokens[i]),
                         bos_prepended=batch.prepended_bos,
+                        support={name: count.numpy() for name, count in evidence.support.items()},
+                        causal=bool(spec.causal),
                     )
                 )
     return out

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from headscope.errors import InputError
 from headscope.figures.arrays import float32, int32
 from headscope.figures.style import (
     BASELINE_COLOR,
@@ -25,12 +26,16 @@ LABEL_COLORS = {
     "previous_token": "#1f77b4",
     "duplicate_token": "#9467bd",
     "induction": "#d62728",
+    "next_token": "#17becf",
     "first_token_sink": "#8c564b",
     "local": "#2ca02c",
     "uniform": "#bcbd22",
+    "insufficient": "#fdd9a0",
     "none": "#e5e5e5",
     "unlabelled": "#e5e5e5",
 }
+#: How a label reads in legends and hovers, where it differs from the label itself.
+LABEL_NAMES = {"insufficient": "insufficient evidence"}
 
 
 def _head_axes(figure: go.Figure, layers: Sequence[int], heads: Sequence[int]) -> None:
@@ -95,7 +100,7 @@ def layer_head_heatmap(
     `pointNumber = [layer row, head column]`."""
     grid = float32(values)
     if grid.ndim != 2:
-        raise ValueError(f"layer_head_heatmap needs [layer, head], got shape {grid.shape}")
+        raise InputError(f"layer_head_heatmap needs [layer, head], got shape {grid.shape}")
     layers = list(layer_index) if layer_index is not None else list(range(grid.shape[0]))
     heads = list(head_index) if head_index is not None else list(range(grid.shape[1]))
     if signed:
@@ -139,6 +144,9 @@ def label_grid(
     labels: Sequence[Sequence[str]],
     *,
     scores: object = None,
+    support: object = None,
+    categories: Sequence[Sequence[str | None]] | None = None,
+    min_support: int | None = None,
     title: str = "",
     layer_index: Sequence[int] | None = None,
     head_index: Sequence[int] | None = None,
@@ -146,21 +154,28 @@ def label_grid(
     height: int | None = None,
 ) -> go.Figure:
     """A layer × head grid coloured by each head's category label (e.g. the
-    head taxonomy), with the label (and its score, when given) in each cell."""
+    head taxonomy), with the label (and its score, when given) in each cell.
+
+    `support` (`[layer, head]`, e.g. the number of queries behind each label) goes
+    into the hover ("induction 0.98 (support 9 queries)"); `categories` names the
+    category behind a label where it differs (for "insufficient": the category whose
+    support fell short of `min_support`). "insufficient" has its own colour and
+    reads "insufficient evidence"."""
     rows = [list(row) for row in labels]
     n_layers, n_heads = len(rows), len(rows[0]) if rows else 0
     layers = list(layer_index) if layer_index is not None else list(range(n_layers))
     heads = list(head_index) if head_index is not None else list(range(n_heads))
-    categories = list(dict.fromkeys(label for row in rows for label in row))
-    codes = float32([[categories.index(label) for label in row] for row in rows])
-    n = max(1, len(categories))
+    categories_seen = list(dict.fromkeys(label for row in rows for label in row))
+    codes = float32([[categories_seen.index(label) for label in row] for row in rows])
+    n = max(1, len(categories_seen))
     scale = []
-    for i, category in enumerate(categories):
+    for i, category in enumerate(categories_seen):
         color = LABEL_COLORS.get(category, COLORS[i % len(COLORS)])
         scale += [[i / n, color], [(i + 1) / n, color]]
     if not scale:
         scale = [[0.0, "#e5e5e5"], [1.0, "#e5e5e5"]]
     score_grid = float32(scores) if scores is not None else None
+    support_grid = float32(support) if support is not None else None
     # Scores in the cells only where they fit; hover always has them.
     with_scores = score_grid is not None and n_heads <= 8
     text = [
@@ -172,13 +187,22 @@ def label_grid(
     ]
     hover = [
         [
-            plotly_text(label.replace("_", " "))
-            + (f"<br>score {score_grid[li, hi]:.3f}" if score_grid is not None else "")
+            _hover(
+                label,
+                None if categories is None else categories[li][hi],
+                None if score_grid is None else float(score_grid[li, hi]),
+                None if support_grid is None else float(support_grid[li, hi]),
+                min_support,
+            )
             for hi, label in enumerate(row)
         ]
         for li, row in enumerate(rows)
     ]
-    figure = base_figure(title, height=_height(n_layers, height))
+    # The legend sits in the bottom margin, below the axis title, one row per ~3 labels.
+    legend_rows = -(-len(categories_seen) // 3)
+    figure = base_figure(
+        title, height=_height(n_layers, height) + (20 * legend_rows if height is None else 0)
+    )
     figure.add_trace(
         go.Heatmap(
             z=codes,
@@ -197,7 +221,7 @@ def label_grid(
             y=int32(layers),
         )
     )
-    for i, category in enumerate(categories):  # a legend for the categories
+    for i, category in enumerate(categories_seen):  # a legend for the categories
         figure.add_trace(
             go.Scatter(
                 x=[None],
@@ -208,13 +232,20 @@ def label_grid(
                     "symbol": "square",
                     "color": LABEL_COLORS.get(category, COLORS[i % len(COLORS)]),
                 },
-                name=plotly_text(category.replace("_", " ")),
+                name=plotly_text(_name(category)),
             )
         )
     _head_axes(figure, layers, heads)
     figure.update_layout(
-        legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "font": {"size": 10}},
-        margin={"l": 55, "r": 10, "t": 40, "b": 80},
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "y": 0,
+            "yanchor": "bottom",
+            "x": 0,
+            "font": {"size": 10},
+        },
+        margin={"l": 55, "r": 10, "t": 40, "b": 50 + 20 * legend_rows},
     )
     _outline(figure, layers, heads, selected)
     return figure
@@ -226,9 +257,37 @@ def _short(label: str) -> str:
             "previous_token": "prev",
             "duplicate_token": "dup",
             "induction": "induct",
+            "next_token": "next",
             "first_token_sink": "sink",
+            "insufficient": "insuff.",
         }.get(label, label)
     )
+
+
+def _name(label: str) -> str:
+    return LABEL_NAMES.get(label, label.replace("_", " "))
+
+
+def _hover(
+    label: str,
+    category: str | None,
+    score: float | None,
+    support: float | None,
+    min_support: int | None,
+) -> str:
+    """e.g. "induction 0.98 (support 9 queries)", or for a label without enough
+    evidence "insufficient evidence: induction 1.00 (support 1 query, below 4)"."""
+    shown = category if category is not None and category != label else None
+    text = _name(label) + (f": {shown.replace('_', ' ')}" if shown else "")
+    if score is not None and np.isfinite(score):
+        text += f" {score:.2f}"
+    if support is not None and np.isfinite(support):
+        count = int(support)
+        text += f" (support {count} {'query' if count == 1 else 'queries'}"
+        if min_support is not None and count < min_support:
+            text += f", below {min_support}"
+        text += ")"
+    return plotly_text(text)
 
 
 def importance_heatmap(
@@ -270,7 +329,7 @@ def importance_heatmap(
         return figure
     low, high = float32(interval[0]), float32(interval[1])
     if low.shape != grid.shape or high.shape != grid.shape:
-        raise ValueError(f"interval bounds must have the scores' shape {grid.shape}")
+        raise InputError(f"interval bounds must have the scores' shape {grid.shape}")
     undefined = ~(np.isfinite(low) & np.isfinite(high))
     not_significant = signed & ~undefined & (low <= 0) & (high >= 0)
     text = np.empty(grid.shape, dtype=object)

@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from headscope.errors import InputError
 from headscope.figures.arrays import float32, int32
 from headscope.figures.style import (
     HIGHLIGHT_COLOR,
@@ -24,13 +25,23 @@ def sink_scores(
     tokens: Sequence[str],
     *,
     threshold: float = 0.3,
+    sinks: object = None,
+    baseline: object = None,
+    support: object = None,
+    min_queries: int | None = None,
+    rule: str | None = None,
     layer_index: Sequence[int] | None = None,
     head_index: Sequence[int] | None = None,
     max_keys: int = 32,
     title: str = "Sink score α_k per head",
 ) -> go.Figure:
     """Heatmap of sink scores `[layer, head, key]` (one row per head, the first
-    `max_keys` keys across); cells above `threshold` are marked ×."""
+    `max_keys` keys across). Cells that are sinks are marked ×: `sinks` (a boolean
+    `[layer, head, key]`, e.g. `SinkDecision.sinks`, described by `rule` in the legend)
+    when given, else the cells above `threshold`. `baseline` and `support` (`[key]`:
+    uniform attention's α_k and the number of queries that see each key) add the ratio
+    to the baseline and the support to the hover; with `min_queries`, keys seen by fewer
+    queries (never sinks: too little evidence) are greyed out."""
     grid = float32(scores)
     if grid.ndim != 3:
         raise ValueError(f"sink_scores needs [layer, head, key], got shape {grid.shape}")
@@ -42,6 +53,20 @@ def sink_scores(
     row_names = [f"L{layer}.H{head}" for layer in layers for head in heads]
     key_names = [f"{k} {token_label(tokens[k])}" for k in range(shown)]
     figure = base_figure(title, height=max(260, 110 + 14 * len(row_names)))
+    hover = "%{y}<br>key %{x}<br>α %{z:.3f}"
+    customdata = None
+    if baseline is not None or support is not None:
+        base = float32(baseline)[:shown] if baseline is not None else np.full(shown, np.nan)
+        count = float32(support)[:shown] if support is not None else np.full(shown, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = rows / base[None, :]
+        customdata = np.stack(
+            [ratio, np.broadcast_to(base, rows.shape), np.broadcast_to(count, rows.shape)], -1
+        )
+        if baseline is not None:
+            hover += "<br>%{customdata[0]:.1f}× uniform (α %{customdata[1]:.3f})"
+        if support is not None:
+            hover += "<br>%{customdata[2]:.0f} queries see this key"
     figure.add_trace(
         go.Heatmap(
             z=rows,
@@ -53,10 +78,20 @@ def sink_scores(
             xgap=1,
             ygap=1,
             colorbar={"title": {"text": "α_k", "side": "right"}, "thickness": 10},
-            hovertemplate="%{y}<br>key %{x}<br>α %{z:.3f}<extra></extra>",
+            customdata=customdata,
+            hovertemplate=hover + "<extra></extra>",
         )
     )
-    hot_rows, hot_cols = np.nonzero(rows > threshold)
+    if sinks is not None:
+        marked = np.asarray(sinks, dtype=bool)
+        if marked.shape != grid.shape:
+            raise InputError(f"sinks must be {grid.shape}, got {marked.shape}")
+        marked = marked.reshape(n_layers * n_heads, n_keys)[:, :shown]
+        name = f"sink ({rule})" if rule else "sink"
+    else:
+        marked = rows > threshold
+        name = f"sink (α > {threshold:g})"
+    hot_rows, hot_cols = np.nonzero(marked)
     if len(hot_rows):
         figure.add_trace(
             go.Scatter(
@@ -68,10 +103,12 @@ def sink_scores(
                     "size": 7,
                     "line": {"width": 1.5, "color": HIGHLIGHT_COLOR},
                 },
-                name=f"sink (α > {threshold:g})",
+                name=plotly_text(name),
                 hoverinfo="skip",
             )
         )
+    if support is not None and min_queries is not None:
+        _grey_untested(figure, float32(support)[:shown] < min_queries, min_queries)
     figure.update_layout(
         xaxis={
             "type": "category",
@@ -86,6 +123,38 @@ def sink_scores(
         margin={"l": 70, "r": 10, "t": 50, "b": 90},
     )
     return figure
+
+
+def _grey_untested(figure: go.Figure, untested: np.ndarray, min_queries: int) -> None:
+    """A grey band over each run of keys seen by fewer than `min_queries` queries."""
+    start = None
+    for k, flag in enumerate([*untested.tolist(), False]):
+        if flag and start is None:
+            start = k
+        elif not flag and start is not None:
+            figure.add_shape(
+                type="rect",
+                xref="x",
+                yref="paper",
+                x0=start - 0.5,
+                x1=k - 0.5,
+                y0=0,
+                y1=1,
+                fillcolor="rgba(120, 120, 120, 0.28)",
+                line={"width": 0},
+                layer="above",
+            )
+            figure.add_annotation(
+                x=(start + k - 1) / 2,
+                y=1,
+                xref="x",
+                yref="paper",
+                yanchor="bottom",
+                showarrow=False,
+                text=f"&lt; {min_queries} queries",
+                font={"size": 9, "color": "#666"},
+            )
+            start = None
 
 
 def influence_by_distance(

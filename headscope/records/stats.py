@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import RecordFormatError
+from headscope.errors import InputError, RecordFormatError
 from headscope.models.spec import ModelSpec
 from headscope.records.attention import AttentionRecord
 from headscope.records.io import read_record, require, write_record
@@ -78,15 +78,17 @@ class HeadStats:
         for name in PER_QUERY + PER_HEAD:
             tensor = getattr(self, name)
             if tensor.dim() != 3 + lead or tuple(tensor.shape[lead : lead + 2]) != expected:
-                raise ValueError(f"{name} must be [{'batch, ' if lead else ''}layer, head, ...]")
+                raise InputError(f"{name} must be [{'batch, ' if lead else ''}layer, head, ...]")
 
     @property
     def batched(self) -> bool:
         return self.lengths is not None
 
     def sink_scores(self) -> Float[Tensor, "*batch layer head key"]:
-        """α_k = key_mass / key_visibility (0 where no query sees key k)."""
-        return self.key_mass / self.key_visibility.clamp_min(1)
+        """α_k = key_mass / key_visibility, NaN where no query sees key k (padded keys
+        included): undefined, as in `analyses.position.sink_scores`."""
+        scores = self.key_mass / self.key_visibility.clamp_min(1)
+        return scores.masked_fill(self.key_visibility <= 0, float("nan"))
 
     # -- persistence ---------------------------------------------------------------------------
 

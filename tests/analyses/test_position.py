@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,11 +13,17 @@ from hypothesis import strategies as st
 
 from headscope.analyses.flow import rollout
 from headscope.analyses.position import (
+    SINK_FLOOR,
+    SINK_MIN_QUERIES,
+    SINK_RATIO,
+    SinkDecision,
     cumulative_influence,
     influence_by_distance,
     mask_attention,
     mask_graph,
     most_influential_distance,
+    sink_baseline,
+    sink_decision,
     sink_heads,
     sink_scores,
 )
@@ -240,18 +247,21 @@ def uniform_causal_heads(n_layers: int, n_heads: int, n: int) -> torch.Tensor:
     return mask_attention("causal", n).expand(n_layers, n_heads, n, n).clone()
 
 
+def harmonic(n: int) -> float:
+    return sum(1.0 / q for q in range(1, n + 1))
+
+
 def test_uniform_causal_sink_score_is_harmonic_over_length() -> None:
     t = 64
-    scores = sink_scores(uniform_causal_heads(2, 3, t))
-    harmonic = sum(1.0 / q for q in range(1, t + 1))
+    scores = sink_scores(uniform_causal_heads(2, 3, t), causal=True)
     assert scores.shape == (2, 3, t)
-    np.testing.assert_allclose(scores[..., 0].numpy(), harmonic / t, atol=1e-14)
+    np.testing.assert_allclose(scores[..., 0].numpy(), harmonic(t) / t, atol=1e-14)
     assert scores[0, 0, 0].item() == pytest.approx(0.074, abs=5e-4)
     # key k is seen by T - k queries, each giving 1/(q + 1)
     k = 10
     expected = sum(1.0 / (q + 1) for q in range(k, t)) / (t - k)
     assert scores[1, 2, k].item() == pytest.approx(expected, abs=1e-14)
-    assert sink_heads(uniform_causal_heads(2, 3, t), threshold=0.3) == []
+    assert sink_heads(uniform_causal_heads(2, 3, t), causal=True) == []
 
 
 def test_a_head_attending_to_the_first_key_is_a_sink_head() -> None:
@@ -259,10 +269,10 @@ def test_a_head_attending_to_the_first_key_is_a_sink_head() -> None:
     pattern = uniform_causal_heads(3, 4, t)
     pattern[1, 2] = 0.0
     pattern[1, 2, :, 0] = 1.0
-    scores = sink_scores(pattern)
+    scores = sink_scores(pattern, causal=True)
     assert scores[1, 2, 0].item() == pytest.approx(1.0)
-    assert sink_heads(pattern) == [(1, 2)]
-    assert sink_heads(pattern, key=1) == []
+    assert sink_heads(pattern, causal=True) == [(1, 2)]
+    assert sink_heads(pattern, key=1, causal=True) == []
 
 
 def test_sink_scores_use_the_given_mask_or_bidirectional_visibility() -> None:
@@ -285,17 +295,142 @@ def test_batched_sink_scores_respect_padding_lengths() -> None:
     second = torch.zeros_like(first)
     second[..., :5, :5] = mask_attention("causal", 5)
     batch = torch.stack([first, second])
-    scores = sink_scores(batch, lengths=torch.tensor([8, 5]))
+    scores = sink_scores(batch, causal=True, lengths=torch.tensor([8, 5]))
     assert scores.shape == (2, 2, 2, t)
-    harmonic = lambda n: sum(1.0 / q for q in range(1, n + 1))  # noqa: E731
     assert scores[0, 0, 0, 0].item() == pytest.approx(harmonic(8) / 8, abs=1e-14)
     assert scores[1, 0, 0, 0].item() == pytest.approx(harmonic(5) / 5, abs=1e-14)
     assert torch.isnan(scores[1, :, :, 5:]).all()
-    # sink_heads averages over prompts: (H_8/8 + H_5/5)/2 = 0.398
-    mean = (harmonic(8) / 8 + harmonic(5) / 5) / 2
+    # the decision pools the (prompt, query) pairs: 8 + 5 queries see key 0, and uniform
+    # attention is its own baseline (ratio 1), so no head is a sink
+    decision = sink_decision(batch, causal=True, lengths=[8, 5])
+    assert decision.support[0].item() == 13 and decision.support[-1].item() == 1
+    pooled = (harmonic(8) + harmonic(5)) / 13
+    np.testing.assert_allclose(decision.alpha[..., 0].numpy(), pooled, atol=1e-14)
+    assert decision.baseline[0].item() == pytest.approx(pooled, abs=1e-14)
+    np.testing.assert_allclose(decision.ratio[..., :5].numpy(), 1.0, atol=1e-12)
+    assert decision.heads() == []
     every_head = [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert sink_heads(batch, mean - 1e-3, lengths=torch.tensor([8, 5])) == every_head
-    assert sink_heads(batch, mean + 1e-3, lengths=torch.tensor([8, 5])) == []
+    loose = {"ratio": 0.999, "floor": 0.0}
+    assert sink_heads(batch, causal=True, lengths=[8, 5], **loose) == every_head
+
+
+# -- the content-free baseline
+
+
+def test_sink_baseline_closed_forms() -> None:
+    t = 8
+    causal = sink_baseline(t, causal=True)
+    assert causal[0].item() == pytest.approx(harmonic(t) / t, abs=1e-14)
+    assert causal[0].item() == pytest.approx(0.340, abs=5e-4)  # above Gu et al.'s 0.3
+    for k in range(t):
+        want = sum(1.0 / (q + 1) for q in range(k, t)) / (t - k)
+        assert causal[k].item() == pytest.approx(want, abs=1e-14)
+    np.testing.assert_allclose(sink_baseline(t, causal=False).numpy(), 1.0 / t, atol=1e-15)
+    padded = sink_baseline(t, causal=False, lengths=[8, 5])
+    assert padded.shape == (2, t) and padded[1, 0].item() == pytest.approx(0.2)
+    assert torch.isnan(padded[1, 5:]).all()
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("causal", {}),
+        ("bidirectional", {}),
+        ("sliding_window", {"window": 3}),
+        ("prefix", {"prefix": 4}),
+    ],
+)
+def test_sink_baseline_is_the_sink_score_of_uniform_attention(kind, params) -> None:
+    t = 9
+    uniform = mask_attention(kind, t, **params)
+    mask = uniform > 0
+    scores = sink_scores(uniform.expand(1, 1, t, t), mask=mask)[0, 0]
+    np.testing.assert_allclose(sink_baseline(t, mask=mask).numpy(), scores.numpy(), atol=1e-14)
+
+
+def test_a_bare_tensor_must_say_whether_it_is_causal(unchecked) -> None:
+    pattern = uniform_causal_heads(1, 1, 5)
+    for call in (sink_scores, sink_decision, sink_heads):
+        with pytest.raises(InputError, match="causal="):
+            call(pattern)
+    with pytest.raises(InputError, match="causal="):
+        sink_baseline(5)
+
+
+def test_a_record_gives_causality_and_padding() -> None:
+    t = 6
+    bidirectional = torch.softmax(torch.randn(2, 1, 2, t, t, dtype=torch.float64), -1)
+    bidirectional[1, ..., 4:, :] = 0.0
+    bidirectional[1, ..., :4, 4:] = 0.0
+    bidirectional[1] = bidirectional[1] / bidirectional[1].sum(-1, keepdim=True).clamp_min(1e-30)
+    record = SimpleNamespace(
+        pattern=bidirectional, spec=SimpleNamespace(causal=False), lengths=(6, 4)
+    )
+    want = sink_scores(bidirectional, causal=False, lengths=[6, 4])
+    torch.testing.assert_close(sink_scores(record), want, equal_nan=True)
+    decision = sink_decision(record)
+    assert decision.causal is False and decision.support.tolist() == [10] * 4 + [6, 6]
+    with pytest.raises(InputError, match="contradicts"):
+        sink_scores(record, causal=True)
+    with pytest.raises(InputError, match="lengths come from the record"):
+        sink_scores(record, lengths=[6, 4])
+
+
+# -- the decision
+
+
+def test_a_perfect_sink_needs_a_prompt_long_enough_to_beat_the_causal_baseline() -> None:
+    """Key 0 can get at most 1, i.e. T/H_T times the causal baseline: 3.18 at T = 9, below
+    the ratio of 4, so on 9 tokens no head is a sink; from T = 13 (4.09) a perfect one is."""
+    for t, found in ((9, []), (12, []), (13, [(0, 0)]), (64, [(0, 0)])):
+        pattern = torch.zeros(1, 1, t, t, dtype=torch.float64)
+        pattern[..., 0] = 1.0
+        decision = sink_decision(pattern, causal=True)
+        assert decision.ratio[0, 0, 0].item() == pytest.approx(t / harmonic(t), rel=1e-12)
+        assert decision.heads() == found, t
+    # bidirectional: the baseline is 1/T, so the floor decides on short prompts
+    pattern = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    pattern[..., 0] = 1.0
+    assert sink_heads(pattern, causal=False) == [(0, 0)]
+
+
+def test_a_previous_token_head_is_not_a_sink_at_the_last_keys() -> None:
+    t = 12
+    pattern = torch.zeros(1, 1, t, t, dtype=torch.float64)
+    pattern[0, 0, 0, 0] = 1.0
+    pattern[0, 0, torch.arange(1, t), torch.arange(0, t - 1)] = 1.0
+    scores = sink_scores(pattern, causal=True)[0, 0]
+    assert scores[t - 2].item() == pytest.approx(0.5)  # one of the two queries that see it
+    decision = sink_decision(pattern, causal=True)
+    assert decision.support[-3:].tolist() == [3, 2, 1]
+    assert not decision.tested[-3:].any() and decision.tested[: t - 3].all()
+    assert decision.pairs() == []
+    # the old rule (α > 0.3 alone) called the keys seen by 3 and 2 queries sinks
+    assert (scores > SINK_FLOOR).nonzero().flatten().tolist() == [t - 3, t - 2]
+
+
+def test_sink_decision_carries_its_evidence() -> None:
+    t = 16
+    pattern = uniform_causal_heads(1, 2, t).double()
+    pattern[0, 1] = 0.0
+    pattern[0, 1, :, 0] = 1.0
+    decision = sink_decision(pattern, causal=True)
+    assert isinstance(decision, SinkDecision)
+    assert (decision.min_ratio, decision.floor, decision.min_queries) == (
+        SINK_RATIO,
+        SINK_FLOOR,
+        SINK_MIN_QUERIES,
+    )
+    torch.testing.assert_close(decision.baseline, sink_baseline(t, causal=True))
+    assert decision.support.tolist() == list(range(t, 0, -1))
+    threshold = torch.clamp(SINK_RATIO * decision.baseline, min=SINK_FLOOR)
+    torch.testing.assert_close(decision.threshold, threshold)
+    assert decision.heads() == [(0, 1)] and decision.pairs() == [(0, 1, 0)]
+    assert "4× uniform" in decision.rule() and "causal" in decision.rule()
+    with pytest.raises(InputError, match="key"):
+        decision.heads(t)
+    with pytest.raises(InputError, match="min_queries"):
+        sink_decision(pattern, causal=True, min_queries=0)
 
 
 @pytest.mark.parametrize(
@@ -312,12 +447,13 @@ def test_batched_sink_scores_respect_padding_lengths() -> None:
 )
 def test_sink_scores_reject_bad_input(pattern, kwargs, message, unchecked) -> None:
     with pytest.raises(InputError, match=message), unchecked():
-        sink_scores(pattern, **kwargs)
+        sink_scores(pattern, **{"causal": True, **kwargs})
 
 
 def test_sink_scores_do_not_mutate_inputs() -> None:
     pattern = uniform_causal_heads(1, 2, 5).float()
     before = pattern.clone()
-    sink_scores(pattern)
-    sink_heads(pattern)
+    sink_scores(pattern, causal=True)
+    sink_heads(pattern, causal=True)
+    sink_decision(pattern, causal=False)
     assert torch.equal(pattern, before)

@@ -13,15 +13,22 @@ from hypothesis import strategies as st
 from headscope.analyses.taxonomy import (
     CATEGORIES,
     DEFAULT_THRESHOLDS,
+    INSUFFICIENT,
+    MIN_SUPPORT,
+    HeadTaxonomy,
+    head_label_details,
     head_label_sets,
     head_labels,
     head_scores,
     head_scores_from_pattern,
+    head_taxonomy,
+    head_taxonomy_from_pattern,
     induction_score,
     previous_token_score,
 )
 from headscope.errors import InputError
 
+_head_labels, _head_label_sets = head_labels, head_label_sets
 BOS = 1
 
 
@@ -83,6 +90,8 @@ def brute_force(pattern, ids, *, bos, causal, window=2):
                 if q >= 1:
                     values["previous_token"].append(A[q, q - 1].item())
                     values["first_token_sink"].append(A[q, 0].item())
+                if q + 1 < n and not causal:
+                    values["next_token"].append(A[q, q + 1].item())
                 copies = [k for k in range(q) if ids[k] == ids[q] and not (bos and k == 0)]
                 if copies:
                     values["duplicate_token"].append(sum(A[q, k].item() for k in copies))
@@ -300,20 +309,30 @@ def test_labels_pick_the_best_category_above_threshold():
         uniform_causal(n),
         mixed,
     )
-    labels = head_labels(SimpleNamespace(pattern=pattern, token_ids=ids, lengths=None))
+    record = SimpleNamespace(pattern=pattern, token_ids=ids, lengths=None, layer_index=(1,))
+    labels = head_labels(record)
     assert labels == [["induction", "previous_token", "first_token_sink", "uniform", "none"]]
-    sets = head_label_sets(head_scores_from_pattern(pattern, ids))
+    taxonomy = head_taxonomy_from_pattern(pattern, ids, layer_index=[1])
+    sets = head_label_sets(taxonomy)
     # previous and local tie-or-near-tie for the previous-token head; specific first
     assert sets[(0, 1)][0] == "previous_token" and "local" in sets[(0, 1)]
     assert sets[(0, 4)] == []
     # thresholds are per category and overridable
-    lowered = head_labels(head_scores_from_pattern(pattern, ids), {"first_token_sink": 0.4})
+    lowered = head_labels(taxonomy, {"first_token_sink": 0.4})
     assert lowered[0][4] == "first_token_sink"
     assert set(DEFAULT_THRESHOLDS) == set(CATEGORIES)
 
 
 def test_specific_categories_lead_and_ties_go_to_the_more_specific_one():
     scores = {name: torch.zeros(1, 1) for name in CATEGORIES}
+    # support unknown (None, said explicitly); row 0 is model layer 1
+
+    def head_labels(scores):
+        return _head_labels(scores, support=None, layer_index=[1])
+
+    def head_label_sets(scores):
+        return _head_label_sets(scores, support=None, layer_index=[1])
+
     scores["previous_token"][0, 0] = 0.9
     scores["local"][0, 0] = 0.95  # the window contains the previous token
     assert head_labels(scores) == [["previous_token"]]
@@ -392,6 +411,154 @@ def test_bad_inputs_raise(unchecked):
         padded[0, 0, 0, 3] = 0
         head_scores_from_pattern(padded, ids[None], lengths=[n])
     with pytest.raises(ValueError):
-        head_labels({"previous_token": torch.zeros(2, 2)}, {"bogus": 0.5})
+        head_labels({"previous_token": torch.zeros(2, 2)}, {"bogus": 0.5}, support=None)
+    with pytest.raises(InputError, match="support="):  # a dict of scores must say its support
+        head_labels({"previous_token": torch.zeros(2, 2)})
+    with pytest.raises(InputError, match="support of 'previous_token'"):
+        head_labels({"previous_token": torch.zeros(2, 2)}, support={"previous_token": [1, 2]})
     with pytest.raises(ValueError):
         previous_token_score(torch.ones(1, 1))
+
+
+# -- evidence: support, layer 0, next token, padding ------------------------------------------
+
+
+def test_support_counts_the_defining_queries():
+    T = 5
+    ids = repeated_tokens(T)
+    n = len(ids)
+    taxonomy = head_taxonomy_from_pattern(heads(uniform_causal(n)), ids)
+    support = {name: int(value[0, 0]) for name, value in taxonomy.support.items()}
+    assert support == {
+        "previous_token": n - 1,
+        "duplicate_token": T,  # the second copy
+        "induction": T,
+        "next_token": 0,  # causal: no query sees its next token
+        "first_token_sink": n - 1,
+        "local": n - 1,  # bos: query 0 has no key
+        "uniform": n - 1,  # query 0 sees one key
+    }
+    assert math.isnan(taxonomy.scores["next_token"][0, 0])
+    # a batch adds its prompts' queries; uncaptured (NaN) heads have none
+    two = heads(uniform_causal(n), uniform_causal(n))  # [1 layer, 2 heads, n, n]
+    both = torch.stack([two, two])
+    both[:, 0, 0] = float("nan")
+    batch = head_taxonomy_from_pattern(both, torch.stack([ids, ids]), lengths=[n, 4])
+    assert batch.support["previous_token"][0, 1].item() == (n - 1) + 3
+    assert batch.support["previous_token"][0, 0].item() == 0
+
+
+def test_next_token_head_in_a_bidirectional_map():
+    n = 9
+    ids = torch.arange(20, 20 + n)
+    nxt = one_hot_rows([min(q + 1, n - 1) for q in range(n)], n)
+    taxonomy = head_taxonomy_from_pattern(heads(nxt, previous_head(n)), ids, causal=False)
+    assert taxonomy.scores["next_token"][0].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    assert taxonomy.support["next_token"][0, 0].item() == n - 1
+    assert head_labels(taxonomy) == [["next_token", "previous_token"]]
+
+
+def test_a_label_needs_support_and_induction_needs_an_earlier_layer():
+    scores = {name: torch.zeros(2, 2) for name in CATEGORIES}
+    scores["induction"][:] = 0.9
+    scores["previous_token"][:, 1] = 0.6
+    support = {name: 10 for name in CATEGORIES}
+    support["induction"] = 1
+    details = head_label_details(scores, support=support)
+    # layer 0: induction is not a candidate at all; layer 1: it rests on one query
+    assert [[cell.label for cell in row] for row in details] == [
+        ["none", "previous_token"],
+        [INSUFFICIENT, "previous_token"],
+    ]
+    cell = details[1][0]
+    assert (cell.category, cell.score, cell.support) == ("induction", pytest.approx(0.9), 1)
+    assert head_label_sets(scores, support=support)[(1, 0)] == []
+    enough = {**support, "induction": MIN_SUPPORT}
+    assert head_labels(scores, support=enough) == [
+        ["none", "previous_token"],
+        ["induction", "induction"],
+    ]
+    assert head_labels(scores, support=enough, layer_index=[3, 4])[0] == ["induction"] * 2
+    assert head_labels(scores, support=None)[1] == ["induction", "induction"]
+
+
+def test_previous_token_score_never_counts_padding():
+    generator = torch.Generator().manual_seed(3)
+    long = random_causal(generator, 2, 3, 9)
+    short = random_causal(generator, 2, 3, 5)
+    padded = torch.zeros(2, 2, 3, 9, 9)
+    padded[0] = long
+    padded[1, ..., :5, :5] = short
+    got = previous_token_score(padded)
+    torch.testing.assert_close(got[0], previous_token_score(long))
+    torch.testing.assert_close(got[1], previous_token_score(short))
+
+
+def test_padded_batch_previous_token_score_on_toy_induction(toy_model):
+    import headscope as hs
+
+    texts = ["red cat blue dog sun tree red cat blue dog sun tree", "red cat blue dog"]
+    batch = hs.capture(toy_model, texts)
+    short = batch.lengths[1]
+    assert short < batch.pattern.shape[-1]  # right-padded
+    alone = hs.capture(toy_model, texts[1])
+    got = previous_token_score(batch.pattern)[1]
+    torch.testing.assert_close(got, previous_token_score(alone.pattern), atol=1e-5, rtol=0)
+    previous = int(previous_token_score(alone.pattern)[0].argmax())
+    assert got[0, previous] > 0.8
+
+
+def test_toy_layer0_heads_are_never_induction_heads(toy_model):
+    """Mostly unknown words: every word but a few is <unk>, so "copies" abound and a
+    spread-out layer-0 head puts about half its mass on the induction keys."""
+    import headscope as hs
+
+    record = hs.capture(
+        toy_model, "The cat sat on the mat because it was tired and the dog was not"
+    )
+    assert record.tokens.count("<unk>") > len(record.tokens) // 2
+    taxonomy = head_taxonomy(record)
+    layer0 = record.layer_index.index(0)
+    assert (taxonomy.scores["induction"][layer0] > 0.5).any()  # the raw score is there...
+    assert taxonomy.support["induction"][layer0, 0] >= MIN_SUPPORT  # ...with support
+    labels = head_labels(record)
+    assert "induction" not in labels[layer0]  # ...but no layer-0 head is an induction head
+    assert isinstance(taxonomy, HeadTaxonomy)
+
+
+def test_minilm_next_token_head_is_labelled(minilm_model):
+    import headscope as hs
+
+    record = hs.capture(minilm_model, "The cat sat on the mat because it was tired.")
+    pattern = record.pattern
+    next_mass = pattern.diagonal(offset=1, dim1=-2, dim2=-1).mean(-1)  # [layer, head]
+    flat = int(next_mass.flatten().argmax())
+    layer, head = divmod(flat, pattern.shape[1])
+    assert next_mass[layer, head] > 0.5
+    labels = head_labels(record)
+    assert labels[layer][head] == "next_token"
+    taxonomy = head_taxonomy(record)
+    score = taxonomy.scores["next_token"][layer, head].item()
+    assert score == pytest.approx(next_mass[layer, head].item(), abs=1e-5)
+    assert taxonomy.support["next_token"][layer, head].item() == pattern.shape[-1] - 1
+
+
+def test_minilm_one_query_induction_is_insufficient_evidence(minilm_model):
+    """One repeated word ("the ... the"): one query defines induction. A head that puts
+    most of that one query's attention on the induction key used to be labelled."""
+    import headscope as hs
+
+    record = hs.capture(minilm_model, "The cat sat on the mat because it was tired.")
+    ids = record.token_ids.tolist()
+    repeats = [q for q in range(len(ids)) if ids[q] in ids[1:q]]
+    assert len(repeats) == 1
+    taxonomy = head_taxonomy(record)
+    assert (taxonomy.support["induction"] == 1).all()
+    lone = (taxonomy.scores["induction"] > DEFAULT_THRESHOLDS["induction"]).nonzero().tolist()
+    assert lone, "a head attends to the induction key of the one repeated token"
+    labels = head_label_details(record)
+    for layer, head in lone:
+        cell = labels[layer][head]
+        assert cell.label == INSUFFICIENT and cell.category == "induction" and cell.support == 1
+    flat = [cell.label for row in labels for cell in row]
+    assert "induction" not in flat

@@ -92,7 +92,7 @@ def test_loose_inputs_the_functions_convert_pass_the_checker() -> None:
     for weights in ([1.0, 0.0, 0.0], [[1.0, 0.0, 0.0]] * 2, np.array([1.0, 0.0, 0.0])):
         assert torch.equal(flow.augment(pattern, head_weights=weights), expected)
     batch = torch.stack([pattern, pattern])
-    assert position.sink_scores(batch, lengths=[4, 3]).shape == (2, 2, 3, 4)
+    assert position.sink_scores(batch, causal=True, lengths=[4, 3]).shape == (2, 2, 3, 4)
     causal = torch.tril(torch.ones(4, 4, dtype=torch.float64))
     causal = (causal / causal.sum(-1, keepdim=True)).expand(2, 3, 4, 4)
     scores = taxonomy.head_scores_from_pattern(causal, [5, 6, 5, 6])

@@ -193,9 +193,9 @@ def test_encoder_flow_page_says_relevance_is_unavailable(minilm_session):
 
 
 def test_position_page(toy_session):
-    text, sinks, influence, _ = position.position_outputs(toy_session, PROMPT, 0.3, "evil")
+    text, sinks, influence, _ = position.position_outputs(toy_session, PROMPT, 4, "evil")
     assert isinstance(sinks, go.Figure) and isinstance(influence, go.Figure)
-    assert "sink (head, key) pairs above 0.3" in text and "BOS prepended" in text
+    assert "sink (head, key) pairs" in text and "4× uniform" in text and "BOS prepended" in text
 
 
 def test_importance_ablation_and_gradient(toy_session):
@@ -445,3 +445,51 @@ def test_encoder_gradient_importance_says_there_is_no_first_order_signal(minilm_
     assert not figures["imp-gradient"].data  # a message, no normalised map
     curves = [trace.name for trace in figures["imp-pruning"].data]
     assert curves == ["by ablation"]  # no pruning by a ranking that is noise
+
+
+# -- sinks and taxonomy with their evidence (issue "Trustworthy by default") ---------------
+
+
+def test_overview_taxonomy_hover_carries_support_and_sink_baseline(toy_session):
+    _chips, _grid, _entropy, sink, labels, _message = overview.overview_outputs(toy_session, PROMPT)
+    hovers = [cell for row in labels.data[0].customdata for cell in row]
+    assert all("(support " in cell for cell in hovers)
+    assert any(cell.startswith("induction 0.") and "queries)" in cell for cell in hovers)
+    assert sink.layout.title.text == "uniform α₀ = 0.17"  # H_21/21, the causal baseline
+
+
+def test_overview_shows_insufficient_evidence_as_its_own_label(toy_session):
+    # <bos> + 3 words: every category rests on at most 3 queries
+    store = {"prompt": "red cat blue"}
+    state = toy_session.state(store["prompt"])
+    assert (head_scores(state.record)["first_token_sink"] > 0.5).any()  # it used to label
+    outputs = overview.overview_outputs(toy_session, store)
+    labels = outputs[4]
+    names = [trace.name for trace in labels.data[1:]]
+    assert set(names) <= {"insufficient evidence", "none"} and "insufficient evidence" in names
+    hovers = [cell for row in labels.data[0].customdata for cell in row]
+    assert any(cell.startswith("insufficient evidence: ") and "below 4" in cell for cell in hovers)
+
+
+def test_head_page_taxonomy_lists_support(toy_session):
+    _stats, taxonomy = head.head_side(toy_session, "/head/1/3", PROMPT)
+    cells = texts(taxonomy)
+    assert cells[0].startswith("label: induction") and "(support 10 queries)" in cells[0]
+    assert "next token" in cells and "undefined (0 queries)" in cells  # causal model
+    stats, _ = head.head_side(toy_session, "/head/1/1", PROMPT)
+    row = texts(stats)
+    sink = row[row.index("sink score α₀") + 1]
+    assert "× uniform" in sink and sink.endswith("a sink")
+
+
+def test_position_page_explains_the_rule_and_short_prompts(toy_session):
+    short = {"prompt": "red cat blue dog red cat blue dog"}
+    text, sinks, _influence, _ = position.position_outputs(toy_session, short, 4, "causal")
+    assert text.startswith("No sink") and "causal mask" in text and "≥ 4 queries" in text
+    assert "too short a prompt" in text and "3.2× uniform" in text
+    assert len(sinks.data) == 1  # no × marks
+    text, sinks, _influence, _ = position.position_outputs(toy_session, PROMPT, 4, "causal")
+    assert text.startswith("2 sink (head, key) pairs") and "L1.H1→0" in text
+    assert sinks.data[1].name == "sink (≥ 4× uniform)"
+    # the slider is a ratio: junk falls back to the default, values are clipped
+    assert position.check_ratio("<b>") == 4.0 and position.check_ratio(0.3) == 1.0

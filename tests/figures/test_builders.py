@@ -176,3 +176,59 @@ def test_message_figure_wraps_and_escapes():
     figure = message_figure("<b>" + "word " * 40)
     text = figure.layout.annotations[0].text
     assert "&lt;b&gt;" in text and "<br>" in text
+
+
+def test_label_grid_shows_support_and_insufficient_evidence(check_payload):
+    labels = [["induction", "insufficient"], ["none", "next_token"]]
+    figure = label_grid(
+        labels,
+        scores=[[0.98, 0.7], [0.2, 0.6]],
+        support=[[9, 1], [20, 12]],
+        categories=[["induction", "induction"], ["uniform", "next_token"]],
+        min_support=4,
+    )
+    check_payload(figure)
+    heatmap = figure.data[0]
+    assert heatmap.customdata[0][0] == "induction 0.98 (support 9 queries)"
+    assert heatmap.customdata[0][1] == (
+        "insufficient evidence: induction 0.70 (support 1 query, below 4)"
+    )
+    assert heatmap.customdata[1][0] == "none: uniform 0.20 (support 20 queries)"
+    assert heatmap.text[0][1] == "insuff.<br>0.70" and heatmap.text[1][1] == "next<br>0.60"
+    names = [trace.name for trace in figure.data[1:]]
+    assert names == ["induction", "insufficient evidence", "none", "next token"]
+    colours = {trace.name: trace.marker.color for trace in figure.data[1:]}
+    assert len(set(colours.values())) == 4  # insufficient evidence is not "none" grey
+
+
+def test_sink_scores_marks_the_decision_and_hovers_the_baseline(check_payload):
+    scores = torch.zeros(1, 2, 4)
+    scores[0, 1, 0] = 0.9
+    scores[0, 0, 3] = 0.5  # above 0.3 but not a sink by the decision
+    sinks = torch.zeros(1, 2, 4, dtype=torch.bool)
+    sinks[0, 1, 0] = True
+    figure = sink_scores(
+        scores,
+        ["<bos>", "a", "b", "c"],
+        sinks=sinks,
+        baseline=torch.tensor([0.52, 0.27, 0.15, 0.25]),
+        support=torch.tensor([4, 3, 2, 1]),
+        rule="≥ 4× uniform",
+    )
+    check_payload(figure)
+    heatmap, marks = figure.data
+    assert list(marks.y) == ["L0.H1"] and list(marks.x) == ["0 &lt;bos&gt;"]
+    assert marks.name == "sink (≥ 4× uniform)"
+    assert heatmap.customdata.shape == (2, 4, 3)
+    assert heatmap.customdata[1, 0, 0] == pytest.approx(0.9 / 0.52, rel=1e-6)
+    assert heatmap.customdata[0, 3, 2] == 1.0
+    assert "× uniform" in heatmap.hovertemplate and "queries see" in heatmap.hovertemplate
+    with pytest.raises(ValueError, match="sinks must be"):
+        sink_scores(scores, ["<bos>", "a", "b", "c"], sinks=sinks[0])
+    # keys seen by fewer than min_queries queries are greyed out, in one band
+    greyed = sink_scores(
+        scores, ["<bos>", "a", "b", "c"], sinks=sinks, support=[4, 3, 2, 1], min_queries=4
+    )
+    (band,) = greyed.layout.shapes
+    assert (band.x0, band.x1) == (0.5, 3.5)
+    assert greyed.layout.annotations[0].text == "&lt; 4 queries"
