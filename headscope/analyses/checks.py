@@ -3,15 +3,16 @@
 Code that takes attention maps should call :func:`check_pattern` rather than check shape,
 finiteness, signs or row sums by hand, so that the rules and messages are the same
 everywhere. Caller mistakes raise :class:`headscope.errors.InputError` (a ``ValueError``).
+The rules themselves live in :func:`headscope.validation.check_row_stochastic`, which records
+also apply when a record is loaded (records and analyses may not import each other).
 """
 
 from __future__ import annotations
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import InputError
+from headscope.validation import check_row_stochastic
 
 
 def check_pattern(
@@ -31,30 +32,6 @@ def check_pattern(
     queries). Returns the input unchanged (never mutated, never copied). Memory:
     boolean temporaries the size of the input and float64 row sums.
     """
-    if not isinstance(pattern, Tensor):
-        raise InputError(f"{name} must be a torch.Tensor, got {type(pattern).__name__}")
-    if pattern.dim() < min_dims:
-        raise InputError(
-            f"{name} must have at least {min_dims} dims, got shape {tuple(pattern.shape)}"
-        )
-    if pattern.shape[-1] != pattern.shape[-2]:
-        raise InputError(
-            f"{name} must be square in its last two dims (query, key), got shape "
-            f"{tuple(pattern.shape)}"
-        )
-    if not torch.is_floating_point(pattern):
-        raise InputError(f"{name} must be a floating-point tensor, got {pattern.dtype}")
-    if not torch.isfinite(pattern).all():
-        raise InputError(f"{name} contains NaN or infinite values")
-    if (pattern < -atol).any():
-        raise InputError(f"{name} has negative entries (min {pattern.min().item():.3g})")
-    sums = pattern.double().sum(-1)
-    bad = (sums - 1).abs() > atol
-    if allow_zero_rows:
-        bad &= sums.abs() > atol
-    if bad.any():
-        worst = (sums - 1).abs().max().item()
-        raise InputError(
-            f"{name} is not row-stochastic: rows must sum to 1 (worst row is off by {worst:.3g})"
-        )
-    return pattern
+    return check_row_stochastic(
+        pattern, name=name, min_dims=min_dims, atol=atol, allow_zero_rows=allow_zero_rows
+    )

@@ -6,12 +6,14 @@ dashboard, reports) knows the model's shape without loading it.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from headscope.errors import InputError
 
 PositionalScheme = Literal["learned", "rotary", "alibi", "relative", "none"]
+POSITIONAL_SCHEMES: tuple[str, ...] = get_args(PositionalScheme)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,32 @@ class ModelSpec:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("name", "architecture"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InputError(
+                    f"ModelSpec.{name} must be a non-empty string, got {reprlib.repr(value)}"
+                )
+        for name in ("causal", "has_lm_head", "prepends_bos"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise InputError(
+                    f"ModelSpec.{name} must be true or false, got {reprlib.repr(value)}"
+                )
+        if self.positional not in POSITIONAL_SCHEMES:
+            raise InputError(
+                f"ModelSpec.positional must be one of {', '.join(POSITIONAL_SCHEMES)}, "
+                f"got {reprlib.repr(self.positional)}"
+            )
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise InputError(
+                    f"ModelSpec.{name} must be a non-negative int or null, "
+                    f"got {reprlib.repr(value)}"
+                )
         for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -62,6 +90,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        if not isinstance(data, dict):
+            raise InputError(f"a ModelSpec must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
         unknown = sorted(set(data) - known)

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headscope.errors import InputError, RecordFormatError
+from headscope.errors import RecordFormatError
 from headscope.models.spec import ModelSpec
-from headscope.records.io import read_record, require, write_record
+from headscope.records.io import SIDECAR_FILE, TENSOR_FILE, read_record, require, write_record
 from headscope.records.provenance import Provenance
+from headscope.records.validate import (
+    FieldError,
+    check_index,
+    check_lengths,
+    check_maps,
+    check_requested,
+    check_texts,
+    check_token_ids,
+    check_tokens,
+    check_type,
+    fields_of,
+    pairs_from,
+    tokens_from,
+)
 
 SCHEMA = "headscope.attention_record"
 SCHEMA_VERSION = 1
@@ -45,17 +60,54 @@ class AttentionRecord:
     requested: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
+        """Cheap structural checks (InputError naming the field); `check_content`
+        checks the maps themselves (a pass over every value, done on load)."""
+        check_type(self.spec, ModelSpec, "spec", "a ModelSpec")
+        check_type(self.provenance, Provenance, "provenance", "a Provenance")
+        check_type(self.pattern, Tensor, "pattern", "a tensor")
+        if not self.pattern.is_floating_point():
+            raise FieldError(
+                "pattern", f"pattern must be floating point (float32), got {self.pattern.dtype}"
+            )
         batched = self.lengths is not None
         want = 5 if batched else 4
+        if self.pattern.dim() == 9 - want:
+            raise FieldError(
+                "lengths",
+                f"lengths is {'given' if batched else 'null'}, but pattern has "
+                f"{self.pattern.dim()} dims {tuple(self.pattern.shape)} "
+                f"({'one prompt' if batched else 'a batch'})",
+            )
         if self.pattern.dim() != want:
-            raise InputError(f"pattern must have {want} dims, got {tuple(self.pattern.shape)}")
+            raise FieldError(
+                "pattern", f"pattern must have {want} dims, got {tuple(self.pattern.shape)}"
+            )
         *lead, n_layers, n_heads, n_q, n_k = self.pattern.shape
+        check_index(self.layer_index, "layer_index", self.spec.n_layers, "layers")
+        check_index(self.head_index, "head_index", self.spec.n_heads, "heads per layer")
         if (n_layers, n_heads) != (len(self.layer_index), len(self.head_index)):
-            raise InputError("pattern's layer/head axes do not match layer_index/head_index")
-        if n_q != n_k or self.token_ids.shape[-1] != n_q:
-            raise InputError("pattern must be square and match the token ids")
-        if batched and (len(self.lengths) != lead[0] or len(self.tokens) != lead[0]):
-            raise InputError("lengths and tokens must have one entry per prompt")
+            raise FieldError(
+                "pattern",
+                f"pattern's layer/head axes ({n_layers}, {n_heads}) do not match layer_index/"
+                f"head_index ({len(self.layer_index)}, {len(self.head_index)})",
+            )
+        if n_q != n_k:
+            raise FieldError(
+                "pattern",
+                f"pattern must be square in query and key, got {tuple(self.pattern.shape)}",
+            )
+        if batched:
+            check_lengths(self.lengths, lead[0], n_q)
+        check_token_ids(self.token_ids, self.spec, (*lead, n_q))
+        check_tokens(self.tokens, self.lengths, n_q)
+        check_requested(self.requested, self.layer_index, self.head_index)
+        check_texts(self.provenance.texts, lead[0] if batched else 1)
+
+    def check_content(self) -> None:
+        """Raise InputError unless every captured map is row-stochastic over the real
+        tokens (finite, non-negative, rows summing to 1 within 1e-4) and 0 on padding.
+        Heads outside `requested` are not looked at. Memory: temporaries of one layer."""
+        check_maps(self.pattern, self.lengths, self.layer_index, self.head_index, self.requested)
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -109,8 +161,10 @@ class AttentionRecord:
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write `tensors.safetensors` + `record.json` into `directory`."""
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write `tensors.safetensors` + `record.json` into `directory` (mode 0666 less
+        the umask). Raises RecordExistsError when `directory` already holds a record,
+        unless `overwrite`."""
         meta = {
             "spec": self.spec.to_dict(),
             "provenance": self.provenance.to_dict(),
@@ -121,39 +175,43 @@ class AttentionRecord:
             "requested": [list(p) for p in self.requested] if self.requested else None,
         }
         tensors = {"pattern": self.pattern, "token_ids": self.token_ids}
-        write_record(directory, SCHEMA, SCHEMA_VERSION, tensors, meta)
+        write_record(directory, SCHEMA, SCHEMA_VERSION, tensors, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> AttentionRecord:
-        """Read a record written by `save`; raises RecordFormatError on any mismatch."""
+        """Read a record written by `save`.
+
+        Raises RecordFormatError, one line naming the file, on any mismatch: the
+        checks of `read_record`, then the record's structure (types, shapes,
+        indices inside the spec, token ids inside the vocabulary, as many token
+        strings as positions, lengths, requested heads) and its maps (`check_content`).
+        """
         tensors, meta = read_record(directory, SCHEMA, SCHEMA_VERSION)
+        sidecar = Path(directory) / SIDECAR_FILE
         if set(tensors) != {"pattern", "token_ids"}:
-            raise RecordFormatError("the tensor file must hold exactly 'pattern' and 'token_ids'")
+            raise RecordFormatError(
+                f"{Path(directory) / TENSOR_FILE} must hold exactly 'pattern' and 'token_ids', "
+                f"not {sorted(tensors)}"
+            )
         try:
-            spec = ModelSpec.from_dict(require(meta, "spec", dict))
+            spec = ModelSpec.from_dict(require(meta, "spec", dict, sidecar))
         except (TypeError, ValueError) as error:
-            raise RecordFormatError(f"the record's model spec is malformed: {error}") from None
-        lengths = meta.get("lengths")
-        tokens = require(meta, "tokens", list)
-        requested = meta.get("requested")
-        try:
+            raise RecordFormatError(f"{sidecar}: the model spec is malformed: {error}") from None
+        lengths = require(meta, "lengths", (list, type(None)), sidecar)
+        requested = require(meta, "requested", (list, type(None)), sidecar)
+        with fields_of(directory, tensors):
             record = cls(
                 pattern=tensors["pattern"],
                 token_ids=tensors["token_ids"],
-                tokens=tuple(tuple(t) for t in tokens) if lengths is not None else tuple(tokens),
-                lengths=tuple(int(n) for n in lengths) if lengths is not None else None,
-                layer_index=tuple(int(i) for i in require(meta, "layer_index", list)),
-                head_index=tuple(int(i) for i in require(meta, "head_index", list)),
+                tokens=tokens_from(require(meta, "tokens", list, sidecar), lengths is not None),
+                lengths=tuple(lengths) if lengths is not None else None,
+                layer_index=tuple(require(meta, "layer_index", list, sidecar)),
+                head_index=tuple(require(meta, "head_index", list, sidecar)),
                 spec=spec,
-                provenance=Provenance.from_dict(meta.get("provenance")),
-                requested=tuple(tuple(map(int, p)) for p in requested) if requested else None,
+                provenance=Provenance.from_dict(meta.get("provenance"), sidecar),
+                requested=pairs_from(requested),
             )
-        except (TypeError, ValueError) as error:
-            raise RecordFormatError(f"the record is inconsistent: {error}") from None
-        if any(i >= spec.n_layers for i in record.layer_index) or any(
-            i >= spec.n_heads for i in record.head_index
-        ):
-            raise RecordFormatError("layer_index/head_index exceed the model spec")
+            record.check_content()
         return record
 
     def equals(self, other: AttentionRecord) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -35,13 +36,21 @@ class Provenance:
         return data
 
     @classmethod
-    def from_dict(cls, data: Any) -> Provenance:
+    def from_dict(cls, data: Any, path: str | os.PathLike | None = None) -> Provenance:
+        """The provenance block of a sidecar; RecordFormatError (naming `path`) unless
+        it has exactly the fields above, each of its type."""
+        where = f"{path}: " if path is not None else ""
         names = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or set(data) != names:
-            raise RecordFormatError("the provenance block of the record is malformed")
+            raise RecordFormatError(f"{where}the provenance block of the record is malformed")
+        for name in names - {"texts", "prepended_bos"}:
+            if not isinstance(data[name], str):
+                raise RecordFormatError(f"{where}provenance.{name} must be a string")
+        if not isinstance(data["prepended_bos"], bool):
+            raise RecordFormatError(f"{where}provenance.prepended_bos must be true or false")
         texts = data["texts"]
         if texts is not None and not (
             isinstance(texts, list) and all(isinstance(t, str) for t in texts)
         ):
-            raise RecordFormatError("provenance.texts must be a list of strings or null")
+            raise RecordFormatError(f"{where}provenance.texts must be a list of strings or null")
         return cls(**{**data, "texts": tuple(texts) if texts is not None else None})
