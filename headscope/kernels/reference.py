@@ -1,6 +1,9 @@
 """The readable fp32 attention oracle that every fast kernel is tested against.
 
-    pattern = softmax(q·kᵀ·scale + bias + mask) over visible keys,  out = pattern · v
+    pattern = softmax(cap(q·kᵀ·scale) + bias + mask) over visible keys,  out = pattern · v
+
+where cap(s) = softcap·tanh(s / softcap) with attention logit softcapping
+(Gemma 2) and cap(s) = s without.
 
 Written for clarity, not speed: it repeats K/V for grouped-query attention and
 materializes the full `[batch, head, query, key]` pattern (4·B·H·Nq·Nk bytes).
@@ -39,6 +42,7 @@ def attention_reference(
     scale: float | None = None,
     *,
     bias: Float[Tensor, "*batch head query key"] | None = None,
+    softcap: float | None = None,
 ) -> tuple[Float[Tensor, "batch head query d_head"], Float[Tensor, "batch head query key"]]:
     """Attention output and pattern, computed in float32 whatever the input dtype.
 
@@ -49,6 +53,8 @@ def attention_reference(
     - `bias`: additive float `[head, query, key]`, `[batch·head, query, key]` or
       `[batch, head, query, key]` (ALiBi-style), added before the mask.
     - `scale`: defaults to 1/√d_head.
+    - `softcap`: the scaled scores s become softcap·tanh(s / softcap) before
+      `bias` and `mask` are added (Hugging Face's Gemma 2 order).
 
     Invariants: pattern rows sum to 1 over visible keys and are 0 elsewhere; a
     query row that can see no key gets an all-zero pattern row and a zero output
@@ -65,6 +71,10 @@ def attention_reference(
     scale = d_head**-0.5 if scale is None else scale
 
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        if not softcap > 0:
+            raise InputError(f"softcap must be > 0, got {softcap}")
+        scores = softcap * torch.tanh(scores / softcap)
     if bias is not None:
         bias = bias.float()
         if bias.dim() == 3 and bias.shape[0] != n_heads:  # [batch·head, query, key]

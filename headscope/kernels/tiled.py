@@ -24,7 +24,9 @@ query (a sparse map).
 Positions: the queries are the last `query` positions of the key sequence
 (query i sits at position i + key − query, the KV-cache convention; i for
 self-attention). RoPE and other rotations are applied to q and k by the model
-before this kernel, so there is nothing to do for them here.
+before this kernel, so there is nothing to do for them here. Scores are
+q·kᵀ·scale, softcapped (`softcap`, Gemma 2) before ALiBi (`alibi_slopes`) and
+any explicit additive mask are added, as in the reference oracle.
 
 Padding: `key_padding_mask` marks real tokens. When query and key lengths match
 (self-attention), padded positions are also excluded as queries: their
@@ -403,6 +405,7 @@ def tiled_attention(
     alibi_slopes: Float[Tensor, " head"] | None = None,
     attn_mask: Tensor | None = None,
     scale: float | None = None,
+    softcap: float | None = None,
     query_tile: int | None = None,
     stats: bool = True,
     sink_k: int = 1,
@@ -417,6 +420,8 @@ def tiled_attention(
     - `causal`: key k visible to the query at position p iff k ≤ p. `window`: also
       p − k < window (|p − k| < window when bidirectional), Hugging Face's
       `sliding_window`. `key_padding_mask` `[batch, key]`: True at real tokens.
+    - `softcap`: attention logit softcapping (Gemma 2): the scaled scores s
+      become softcap·tanh(s / softcap) before any bias or mask is added.
     - `alibi_slopes` `[head]`: adds −slope·|p − k| to the scores (ALiBi).
     - `attn_mask`: an explicit extra mask `[batch or 1, head or 1, query, key]`,
       bool (True = visible) or additive float (see `reference.visible_keys`); it
@@ -436,6 +441,8 @@ def tiled_attention(
         raise InputError(f"sink_k must be >= 0, got {sink_k}")
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be >= 1, got {top_k}")
+    if softcap is not None and not softcap > 0:
+        raise InputError(f"softcap must be > 0, got {softcap}")
     batch, n_heads, n_query, d_head = q.shape
     n_kv, n_key = k.shape[1], k.shape[2]
     group = n_heads // n_kv
@@ -450,8 +457,9 @@ def tiled_attention(
 
     keys = k.to(f32)
     values = v.to(f32)
-    # Scaled once for the whole call; grouped per kv head so K/V are never repeated.
-    grouped_q = (q.to(f32) * scale).unflatten(1, (n_kv, group))
+    # Grouped per kv head so K/V are never repeated. The scale multiplies the scores
+    # (q·kᵀ)·scale as Hugging Face's eager attention does, not q: the same rounding.
+    grouped_q = q.to(f32).unflatten(1, (n_kv, group))
     out = torch.empty(batch, n_kv, group, n_query, d_head, dtype=f32, device=device)
 
     # Padding: which queries see any key and how many real queries see each key
@@ -508,6 +516,10 @@ def tiled_attention(
         scores = workspace.scores(batch, n_kv, group * rows, width)
         torch.matmul(q_tile, keys[:, :, lo:hi].transpose(-1, -2), out=scores)
         scores = scores.view(batch, n_heads, rows, width)
+        if scale != 1.0:
+            scores.mul_(scale)
+        if softcap is not None:
+            scores.div_(softcap).tanh_().mul_(softcap)
 
         position = torch.arange(t0, t1, device=device) + structure.offset
         # Column j of the template ↔ key lo + x with j = n_key − position₀ + lo + x.

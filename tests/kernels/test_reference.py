@@ -121,3 +121,24 @@ def test_caller_mistakes_raise_input_errors():
     q, k, v = _qkv(heads=6, kv_heads=4)
     with pytest.raises(InputError, match="do not divide"):
         attention_reference(q, k, v)
+
+
+def test_softcap_caps_scaled_scores_before_bias_and_mask():
+    """Gemma 2's order: softcap·tanh(q·kᵀ·scale / softcap), then bias, then mask."""
+    q, k, v = _qkv(heads=4, kv_heads=2, seed=5)
+    q = q * 4
+    cap, scale = 1.5, 0.7
+    mask = dense_mask(7, 7, causal=True, key_padding_mask=key_padding_from_lengths([7, 5], 7))
+    bias = alibi_bias(alibi_slopes(4), 7, 7)
+    out, pattern = attention_reference(q, k, v, mask, scale=scale, bias=bias, softcap=cap)
+    kk = k.repeat_interleave(2, dim=1)
+    scores = cap * torch.tanh(q @ kk.transpose(-1, -2) * scale / cap) + bias[None]
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    torch.testing.assert_close(pattern, weights, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out, weights @ v.repeat_interleave(2, dim=1), atol=1e-5, rtol=1e-5)
+    uncapped, _ = attention_reference(q, k, v, mask, scale=scale, bias=bias)
+    assert (uncapped - out).abs().max() > 1e-2  # the cap matters here
+    wide, _ = attention_reference(q, k, v, mask, scale=scale, bias=bias, softcap=1e7)
+    torch.testing.assert_close(wide, uncapped, atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="softcap"):
+        attention_reference(q, k, v, softcap=0.0)

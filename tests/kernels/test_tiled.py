@@ -62,6 +62,7 @@ def check_against_reference(
     padding=None,
     window=None,
     alibi=False,
+    softcap=None,
     attn_mask=None,
     tile=None,
     sink_k=1,
@@ -88,7 +89,9 @@ def check_against_reference(
         if attn_mask.dtype != torch.bool:
             mask = torch.where(mask, attn_mask.float(), float("-inf"))
     bias = alibi_bias(slopes, n_query, n_key, query_offset=offset) if alibi else None
-    out, pattern = attention_reference(q.float(), k.float(), v.float(), mask, bias=bias)
+    out, pattern = attention_reference(
+        q.float(), k.float(), v.float(), mask, bias=bias, softcap=softcap
+    )
     result = tiled_attention(
         q,
         k,
@@ -97,6 +100,7 @@ def check_against_reference(
         key_padding_mask=padding,
         window=window,
         alibi_slopes=slopes,
+        softcap=softcap,
         attn_mask=attn_mask,
         query_tile=tile,
         sink_k=sink_k,
@@ -175,6 +179,7 @@ def cases(draw):
         "padding": draw(st.sampled_from([None, "right", "left"])),
         "lengths": lengths,
         "alibi": draw(st.booleans()),
+        "softcap": draw(st.one_of(st.none(), st.sampled_from([0.5, 2.0, 30.0]))),
         "tile": draw(st.integers(1, 17)),
         "sink_k": draw(st.integers(0, 3)),
         "top_k": draw(st.one_of(st.none(), st.integers(1, 5))),
@@ -200,6 +205,7 @@ def test_matches_reference_on_random_cases(case):
         padding=padding,
         window=case["window"],
         alibi=case["alibi"],
+        softcap=case["softcap"],
         tile=case["tile"],
         sink_k=case["sink_k"],
         top_k=case["top_k"],
@@ -216,8 +222,9 @@ def test_matches_reference_on_random_cases(case):
     causal=st.booleans(),
     tile=st.integers(1, 9),
     short=st.integers(0, 23),
+    softcap=st.one_of(st.none(), st.sampled_from([0.5, 3.0])),
 )
-def test_explicit_masks_match_reference(seed, n, per_head, additive, causal, tile, short):
+def test_explicit_masks_match_reference(seed, n, per_head, additive, causal, tile, short, softcap):
     q, k, v = random_qkv(seed, 2, 4, 2, n, n, 8)
     padding = key_padding_from_lengths([n, max(1, n - short)], n)
     g = torch.Generator().manual_seed(seed + 1)
@@ -227,8 +234,53 @@ def test_explicit_masks_match_reference(seed, n, per_head, additive, causal, til
         values = torch.randn(shape, generator=g)
         mask = torch.where(mask, values, torch.finfo(torch.float32).min)
     check_against_reference(
-        q, k, v, causal=causal, padding=padding, attn_mask=mask, tile=tile, top_k=2
+        q, k, v, causal=causal, padding=padding, attn_mask=mask, tile=tile, top_k=2, softcap=softcap
     )
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_softcap_with_every_other_feature(causal):
+    """Gemma 2's logit softcap together with grouped-query attention, a sliding
+    window, ALiBi, padding, several tiles and a KV-cache offset; large scores so
+    that the cap bends them (and the result differs from the uncapped one)."""
+    q, k, v = random_qkv(11, 2, 6, 2, 9, 14, 8, scale=3.0)
+    padding = key_padding_from_lengths([14, 10], 14, side="left")
+    options = {"causal": causal, "padding": padding, "window": 5, "alibi": True, "tile": 4}
+    capped = check_against_reference(q, k, v, softcap=2.0, top_k=3, map_heads=[1, 4], **options)
+    plain = check_against_reference(q, k, v, **options)
+    assert (capped.entropy - plain.entropy).abs().max() > 0.1
+
+
+def test_softcap_bounds_the_weight_ratio():
+    """Capped scores lie in [−cap, cap]: within a row no visible key gets more
+    than e^(2·cap) times the weight of another."""
+    q, k, v = random_qkv(12, 1, 4, 4, 10, 10, 8, scale=4.0)
+    cap = 1.5
+    result = check_against_reference(q, k, v, causal=True, softcap=cap, map_heads=[0, 1, 2, 3])
+    visible = result.maps > 0
+    smallest = result.maps.where(visible, float("inf")).amin(-1)
+    assert (result.max_weight / smallest).max() <= math.exp(2 * cap) * (1 + 1e-4)
+    plain = tiled_attention(q, k, v, causal=True, keep_maps_for_heads=[0, 1, 2, 3])
+    assert (plain.max_weight / plain.maps.where(visible, float("inf")).amin(-1)).max() > math.exp(
+        2 * cap
+    )
+
+
+def test_softcap_known_answer_and_checks():
+    """With q = 0 the capped scores are 0: uniform attention, whatever the cap;
+    a cap far above the scores changes nothing."""
+    _, k, v = random_qkv(3, 1, 2, 2, 8, 8, 4)
+    result = tiled_attention(torch.zeros(1, 2, 8, 4), k, v, causal=True, softcap=0.1)
+    i = torch.arange(8, dtype=torch.float32)
+    torch.testing.assert_close(result.entropy[0, 0], torch.log(i + 1))
+    q, k, v = random_qkv(4, 1, 2, 2, 8, 8, 4)
+    wide = tiled_attention(q, k, v, causal=True, softcap=1e6)
+    plain = tiled_attention(q, k, v, causal=True)
+    torch.testing.assert_close(wide.output, plain.output, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(wide.entropy, plain.entropy, atol=1e-6, rtol=1e-6)
+    for bad in (0.0, -1.0):
+        with pytest.raises(InputError, match="softcap"):
+            tiled_attention(q, k, v, causal=True, softcap=bad)
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -40,30 +40,9 @@ REMOTE_TAG = re.compile(
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
-def _kernel_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYDEVD_DISABLE_FILE_VALIDATION="1",  # silences ipykernel's debugger warning
-        # One intra-op thread: the models are tiny, and on a loaded 2-core machine two
-        # OpenMP threads oversubscribe and make CHG and ablation 5-20x slower.
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-    )
-    return env
-
-
 def _execute(notebook, cwd: Path):
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(cwd)}},  # the kernel's working directory
-    )
-    # kwargs of execute() reach the kernel manager's start_kernel (a subprocess env)
-    return client.execute(env=_kernel_env())
+    """Execute as `make notebooks` does (notebooks/render.py: offline, one OpenMP thread)."""
+    return _render_module().execute(notebook, cwd, timeout=CELL_TIMEOUT_S)
 
 
 def _generate(source: Path, directory: Path) -> Path:

@@ -220,3 +220,212 @@ def test_gradients_through_attention_are_refused(bridges):
     with instrumented_attention(bridges["gpt2"], collector=lambda layer, result: None):
         with pytest.raises(RuntimeError, match="forward-only"):
             bridges["gpt2"](ids, attention_mask=mask)
+
+
+# -- the other families: fused QKV, ALiBi, softcap, sliding windows, GPT-Neo ------------------
+
+FAMILY_NAMES = ("GPT-NeoX", "GPT-Neo", "Mistral", "Gemma 2", "Phi-3", "BLOOM", "Falcon")
+
+
+@pytest.fixture(scope="module")
+def family_bridges(tmp_path_factory):
+    """Tiny bridges of tests/families.py (features switched on, peaked attention)."""
+    from families import BY_NAME
+    from transformer_lens.model_bridge import TransformerBridge
+
+    root = tmp_path_factory.mktemp("families")
+    logging.getLogger().setLevel(logging.ERROR)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in FAMILY_NAMES:
+            path = BY_NAME[name].build(root / name.replace(" ", "_"))
+            out[name] = TransformerBridge.boot_transformers(str(path), device="cpu").eval()
+    return out
+
+
+def long_inputs(padded: bool = True):
+    """Two 12-token rows (longer than the families' window of 4), the second padded."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 100, (2, 12), generator=g)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    if padded:
+        mask[1, 9:] = 0
+        ids[1, 9:] = 0
+    return ids, mask
+
+
+def spy_on_kernel(monkeypatch):
+    seen = []
+    original = fast_attention.tiled_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fast_attention, "tiled_attention", spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_other_families_match_eager_and_fire_q_k_v_z(family_bridges, name):
+    bridge = family_bridges[name]
+    ids, mask = long_inputs()
+    real = mask.bool()
+    eager_logits, patterns = eager_run(bridge, ids, mask)
+    fired = []
+
+    def record(point):
+        def hook(tensor, hook):
+            fired.append(point)
+
+        return hook
+
+    points = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern")
+    hooks = [(f"blocks.1.attn.{point}", record(point)) for point in points]
+    logits, results = instrumented_run(
+        bridge, ids, mask, hooks, maps_for={1: range(N_HEADS)}, query_tile=5
+    )
+    torch.testing.assert_close(logits[real], eager_logits[real], atol=1e-5, rtol=1e-5)
+    pattern = patterns[1] * real[:, None, :, None]
+    torch.testing.assert_close(results[1].maps, pattern, atol=1e-5, rtol=1e-5)
+    entropy = -torch.xlogy(pattern, pattern).sum(-1)
+    torch.testing.assert_close(results[1].entropy, entropy, atol=1e-5, rtol=1e-5)
+    assert torch.equal(results[1].query_mask, real)
+    assert sorted(fired) == sorted(points[:4])
+
+
+def test_sliding_windows_stay_structured(family_bridges, monkeypatch):
+    """Mistral (registry) and Phi-3 (reconstructed) get the window and a padding
+    mask, not an N × N mask, with and without padding; Gemma 2 alternates."""
+    from families import WINDOW
+
+    seen = spy_on_kernel(monkeypatch)
+    for padded in (True, False):
+        ids, mask = long_inputs(padded)
+        for name in ("Mistral", "Phi-3"):
+            seen.clear()
+            instrumented_run(family_bridges[name], ids, mask)
+            assert [call["window"] for call in seen] == [WINDOW, WINDOW]
+            assert all(call["attn_mask"] is None for call in seen)
+            assert all(call["key_padding_mask"] is not None for call in seen)
+        seen.clear()
+        instrumented_run(family_bridges["Gemma 2"], ids, mask)
+        assert [call["window"] for call in seen] == [WINDOW, None]
+        assert all(call["attn_mask"] is None for call in seen)
+
+
+def test_softcap_and_alibi_reach_the_kernel(family_bridges, monkeypatch):
+    from families import SOFTCAP
+
+    from headscope.kernels.masks import alibi_slopes
+
+    seen = spy_on_kernel(monkeypatch)
+    ids, mask = long_inputs()
+    instrumented_run(family_bridges["Gemma 2"], ids, mask)
+    assert [call["softcap"] for call in seen] == [SOFTCAP, SOFTCAP]
+    assert all(call["scale"] == 16**-0.5 for call in seen)  # query_pre_attn_scalar
+    seen.clear()
+    instrumented_run(family_bridges["BLOOM"], ids, mask)
+    for call in seen:  # BLOOM's slopes are headscope's ALiBi slopes
+        torch.testing.assert_close(call["alibi_slopes"], alibi_slopes(N_HEADS))
+        assert call["softcap"] is None and call["attn_mask"] is None
+    seen.clear()
+    instrumented_run(family_bridges["GPT-Neo"], ids, mask)
+    assert [(call["window"], call["scale"]) for call in seen] == [(None, 1.0), (4, 1.0)]
+
+
+@pytest.mark.parametrize("name", ["GPT-NeoX", "BLOOM", "GPT-Neo"])
+def test_new_patches_are_per_instance_and_restored(family_bridges, name):
+    bridge = family_bridges[name]
+    ids, mask = long_inputs()
+    before, _ = eager_run(bridge, ids, mask)
+    inner = bridge.blocks[0].attn.original_component
+
+    def explode(layer, result):
+        raise KeyError("collector failed")
+
+    with torch.no_grad(), pytest.raises(KeyError):
+        with instrumented_attention(bridge, collector=explode):
+            if name == "GPT-Neo":
+                assert "_attn" in vars(inner)
+                # the class is untouched
+                assert vars(type(inner))["_attn"].__qualname__ == "GPTNeoSelfAttention._attn"
+            else:
+                assert "_reconstruct_attention" in vars(bridge.blocks[0].attn)
+            with pytest.raises(RuntimeError, match="already instrumented"):
+                with instrumented_attention(bridge, collector=explode):
+                    pass
+            bridge(ids, attention_mask=mask)
+    for block in bridge.blocks:
+        assert "_reconstruct_attention" not in vars(block.attn)
+        for module in block.attn.original_component.modules():
+            assert "_attn" not in vars(module)
+    assert not fast_attention._ACTIVE
+    after, patterns = eager_run(bridge, ids, mask)
+    assert len(patterns) == N_LAYERS
+    torch.testing.assert_close(after, before)
+
+
+def test_attention_routes(bridges, family_bridges):
+    route = fast_attention.attention_route
+    assert route(bridges["gpt2"].blocks[0].attn).startswith("fused-QKV bridge")
+    assert "routed back" in route(bridges["llama"].blocks[0].attn)
+    assert route(bridges["bert"].blocks[0].attn).endswith("attention registry")
+    assert route(family_bridges["Falcon"].blocks[0].attn).startswith("fused-QKV rotary")
+    assert "ALiBi" in route(family_bridges["BLOOM"].blocks[0].attn)
+    assert "GPTNeoSelfAttention._attn" in route(family_bridges["GPT-Neo"].blocks[1].attn)
+    with pytest.raises(NotImplementedError, match="BLOOM"):
+        route(torch.nn.Linear(2, 2))
+
+
+def test_mask_function_keeps_sliding_windows_structured():
+    from transformers.masking_utils import (
+        chunked_causal_mask_function,
+        sliding_window_bidirectional_mask_function,
+        sliding_window_causal_mask_function,
+    )
+
+    padding = torch.ones(2, 10, dtype=torch.long)
+    padding[1, 7:] = 0
+    common = {"batch_size": 2, "q_length": 10, "kv_length": 10, "allow_is_causal_skip": True}
+    sliding = fast_attention.headscope_mask(
+        **common, mask_function=sliding_window_causal_mask_function(3), attention_mask=padding,
+        local_size=3,
+    )  # fmt: skip
+    assert sliding.shape == (2, 10) and fast_attention.mask_window(sliding) == 3
+    assert torch.equal(sliding, padding.bool())
+    assert fast_attention.mask_window(padding) is None  # the caller's mask is not tagged
+    unpadded = fast_attention.headscope_mask(
+        **common, mask_function=sliding_window_causal_mask_function(3), local_size=3
+    )
+    assert unpadded.all() and fast_attention.mask_window(unpadded) == 3
+    # chunked attention also passes local_size: it is told apart and materialized
+    left = torch.zeros(2, dtype=torch.long)
+    chunked = fast_attention.headscope_mask(
+        **common, mask_function=chunked_causal_mask_function(3, left), local_size=3
+    )
+    assert chunked.shape == (2, 1, 10, 10) and fast_attention.mask_window(chunked) is None
+    assert not chunked[0, 0, 3, 2]  # a new chunk starts at 3
+    both = fast_attention.headscope_mask(
+        **{**common, "allow_is_causal_skip": False},
+        mask_function=sliding_window_bidirectional_mask_function(3),
+        local_size=3,
+    )
+    assert both.shape == (2, 1, 10, 10)
+
+
+def test_explicit_masks_give_the_kernel_their_padding():
+    """A materialized mask hides padded keys from every query: those positions
+    are padding, so padded queries are left out of the statistics."""
+    from headscope.kernels.masks import dense_mask, key_padding_from_lengths
+
+    padding = key_padding_from_lengths([6, 4], 6)
+    mask = dense_mask(6, 6, causal=True, key_padding_mask=padding, window=2)
+    key_padding, explicit, causal = fast_attention._interpret_mask(mask, True, 6, 6)
+    assert torch.equal(key_padding, padding) and torch.equal(explicit, mask) and not causal
+    additive = torch.where(mask, 0.0, torch.finfo(torch.float32).min)
+    key_padding, _, _ = fast_attention._interpret_mask(additive, True, 6, 6)
+    assert torch.equal(key_padding, padding)
+    unpadded = dense_mask(6, 6, causal=True, window=2)
+    assert fast_attention._interpret_mask(unpadded, True, 6, 6)[0] is None
