@@ -20,7 +20,9 @@ class ReportConfig:
     """What to compute. `metric` and `target` (which tokens the loss scores) as
     in `experiments.score_heads`. `shard_size` prompts per checkpointed shard; CHG is fit
     once per shard (`seeds` seeds, `chg_steps` Adam steps per phase); prompts
-    longer than the model's context are rejected or truncated (`on_long`)."""
+    longer than the model's context are rejected or truncated (`on_long`).
+    `device` and `dtype` are passed to `load_model` (cpu/cuda/cuda:N/mps;
+    float32/bfloat16/float16); both are part of the job's identity."""
 
     model: str
     prompts: str
@@ -32,6 +34,8 @@ class ReportConfig:
     chg_steps: int = 100
     on_long: Literal["reject", "truncate"] = "reject"
     on_bad_line: Literal["fail", "skip"] = "fail"
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]

@@ -9,9 +9,11 @@ every method's mean score. The
 executor runs them in this process (`local`) or on Ray actors (`ray`), and
 every result is checkpointed atomically (`reports.checkpoints`), so killing
 the job and rerunning the same command finishes without recomputing what is
-done and gives byte-identical files. The report files are then written from
-the checkpoints alone (`reports.writers`, no model). Progress goes to stderr
-(tqdm, with an ETA), never stdout.
+done and gives byte-identical files. A rerun reuses a checkpoint only when it
+verifies (its slot, configuration, content digest and shapes); one that does
+not is named on stderr and recomputed. The report files are then written from
+the checkpoints alone (`reports.writers`, no model), all four published
+together or none. Progress goes to stderr (tqdm, with an ETA), never stdout.
 """
 
 from __future__ import annotations
@@ -27,16 +29,24 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from headscope.errors import InputError
+from headscope.errors import CheckpointError, InputError
 from headscope.experiments.metrics import metric_info
 from headscope.reports.aggregate import aggregate
-from headscope.reports.checkpoints import LAYOUT, ShardResult, ShardStore, orders_digest
+from headscope.reports.checkpoints import (
+    LAYOUT,
+    Expected,
+    ShardResult,
+    ShardStore,
+    orders_digest,
+)
 from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem, load_prompts
 from headscope.reports.scoring import Measured, measured
 from headscope.reports.summaries import PruningCurves, SummaryReducer
 
 Backend = Literal["local", "ray"]
+#: How long a Ray cluster given by address may take to answer, in seconds.
+CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ def run_report(
     backend: Backend = "local",
     workers: int = 1,
     address: str | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
     progress: bool = True,
     model=None,
     stop_after: int | None = None,
@@ -114,21 +125,38 @@ def run_report(
 
     `model`: an already loaded model (else `config.model` is loaded); with the
     Ray backend it only tokenizes and identifies the weights, each actor loads
-    its own. `stop_after`: compute at most this many shards now, then stop
-    without writing the report (used to test resumption; a kill does the same).
+    its own. `address`: a running Ray cluster (Ray backend only), reached
+    within `connect_timeout` seconds or a `BackendError`. `stop_after`:
+    compute at most this many shards now, then stop without writing the
+    report (used to test resumption; a kill does the same).
+
+    A checkpoint that does not verify (tampered, truncated, not safetensors,
+    of another configuration) is named on stderr and recomputed, never
+    reused. Write failures are `OutputError`s naming the path.
     """
+    from headscope.experiments.scoring import check_options
     from headscope.models.loading import load_model
     from headscope.reports.scoring import check_inputs
     from headscope.reports.writers import write_outputs
 
+    if isinstance(out_dir, str) and not out_dir.strip():
+        raise InputError("the output directory is empty; name one (use '.' for this directory)")
+    if backend not in ("local", "ray"):
+        raise InputError(f"unknown backend {backend!r}; choose local or ray")
+    if backend == "local" and address is not None:
+        raise InputError("a Ray cluster address needs the ray backend; add --backend ray")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    if not connect_timeout > 0:
+        raise InputError(f"the connect timeout must be positive, got {connect_timeout}")
     prompt_set = load_prompts(config.prompts, on_bad_line=config.on_bad_line)
     for message in prompt_set.skipped:
         print(f"headscope: skipped {message}", file=sys.stderr)
     check_inputs(prompt_set.items, config)
-    if backend not in ("local", "ray"):
-        raise InputError(f"unknown backend {backend!r}; choose local or ray")
     if model is None:
-        model = load_model(config.model)
+        model = load_model(config.model, config.device, dtype=config.dtype)
+    # A metric the model cannot compute (the loss of an encoder...) fails now, before any shard.
+    check_options(model, config.methods, config.metric, config.target)
     check_lengths(model, prompt_set.items, config.on_long)
     identity = {
         **{k: v for k, v in config.to_dict().items() if k not in ("prompts", "on_bad_line")},
@@ -143,28 +171,36 @@ def run_report(
     store = ShardStore(out, identity)
     store.clean_temporaries()
     shards = shard_items(prompt_set.items, config.shard_size)
-    pending = [i for i in range(len(shards)) if not store.done(i)]
+    grid = (model.spec.n_layers, model.spec.n_heads)
+    expected = [Expected(tuple(i.line for i in items), config.methods, grid) for items in shards]
+    pending = _unverified(store, expected)
     reused = len(shards) - len(pending)
-    if stop_after is not None:
-        pending = pending[:stop_after]
-    with _executor(backend, model, config, workers=workers, address=address) as executor:
-        executor.run_shards(shards, pending, store, progress=progress)
-        if stop_after is not None and any(not store.done(i) for i in range(len(shards))):
-            return ReportResult(out, {}, {}, len(pending), reused, {}, {})
-        scores, units, reducer, scored = _collect(store, shards, config)
+    now = pending if stop_after is None else pending[:stop_after]
+    executor = _executor(
+        backend, model, config, workers=workers, address=address, timeout=connect_timeout
+    )
+    with executor:
+        executor.run_shards(shards, now, store, progress=progress)
+        if len(now) < len(pending):
+            return ReportResult(out, {}, {}, len(now), reused, {}, {})
+        scores, units, reducer, scored = _collect(store, shards, expected, config)
         # Heads are pruned least important first by magnitude: a large negative
         # mean (ablating the head helps; patching it moves away from the clean
         # run) is as large an effect as a positive one.
         orders = {method: np.abs(aggregate(scores[method]).mean) for method in config.methods}
         digest = orders_digest(orders)
-        pruning = store.load_pruning(digest)
+        try:
+            pruning = store.load_pruning(digest, config.methods)
+        except CheckpointError as error:
+            _say(f"pruning curves: checkpoint does not verify ({error}); recomputing")
+            pruning = None
         pruning_computed = pruning is None
         if pruning is None:
             with _bar(1, 0, "pruning", progress, unit="task") as bar:
                 store.save_pruning(executor.prune(prompt_set.items, orders), digest)
                 bar.update(1)
             # Read back what a rerun would read, so both write the same bytes.
-            pruning = store.load_pruning(digest)
+            pruning = store.load_pruning(digest, config.methods)
             assert pruning is not None
     files, top = write_outputs(
         out,
@@ -178,9 +214,27 @@ def run_report(
         weights_hash=model.weights_hash,
         measured=scored,
     )
-    return ReportResult(
-        out, scores, units, len(pending), reused, files, top, pruning_computed, scored
-    )
+    return ReportResult(out, scores, units, len(now), reused, files, top, pruning_computed, scored)
+
+
+def _unverified(store: ShardStore, expected: Sequence[Expected]) -> list[int]:
+    """The shards to compute: those without a checkpoint, and those whose
+    checkpoint does not verify (each named on stderr)."""
+    pending = []
+    for index, expect in enumerate(expected):
+        if not store.exists(index):
+            pending.append(index)
+            continue
+        try:
+            store.load(index, expect)
+        except CheckpointError as error:
+            _say(f"shard {index}: checkpoint does not verify ({error}); recomputing")
+            pending.append(index)
+    return pending
+
+
+def _say(message: str) -> None:
+    print(f"headscope: warning: {message}", file=sys.stderr)
 
 
 class Executor(Protocol):
@@ -257,12 +311,18 @@ class LocalExecutor:
 
 
 def _executor(
-    backend: str, model, config: ReportConfig, *, workers: int, address: str | None
+    backend: str,
+    model,
+    config: ReportConfig,
+    *,
+    workers: int,
+    address: str | None,
+    timeout: float = CONNECT_TIMEOUT_S,
 ) -> Executor:
     if backend == "ray":
         from headscope.reports.ray_backend import RayExecutor
 
-        return RayExecutor(config, workers=workers, address=address)
+        return RayExecutor(config, workers=workers, address=address, connect_timeout=timeout)
     return LocalExecutor(model, config)
 
 
@@ -276,18 +336,24 @@ def _bar(total: int, initial: int, desc: str, progress: bool, unit: str = "shard
 
 
 def _collect(
-    store: ShardStore, shards, config: ReportConfig
+    store: ShardStore, shards, expected: Sequence[Expected], config: ReportConfig
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], SummaryReducer, Measured]:
     """Every shard's scores (concatenated over units) and unit labels (`line-N`
-    per prompt, `shard-N/seed-S` for CHG), read back from the checkpoints,
-    their prompt summaries fed to a reducer in prompt order, and what the
-    scores measured (targets, clean metric and warnings of every shard)."""
+    per prompt, `shard-N/seed-S` for CHG), read back from the (verified)
+    checkpoints, their prompt summaries fed to a reducer in prompt order, and
+    what the scores measured (targets, clean metric and warnings of every shard)."""
     scores: dict[str, list[np.ndarray]] = {}
     units: dict[str, list[str]] = {}
     reducer = SummaryReducer()
     scored = []
     for index, items in enumerate(shards):
-        loaded = store.load(index)
+        try:
+            loaded = store.load(index, expected[index])
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"shard {index}: checkpoint {store.path(index)} changed during the run and "
+                f"does not verify ({error}); rerun the same command to recompute it"
+            ) from None
         for method in config.methods:
             scores.setdefault(method, []).append(loaded.scores[method].numpy())
             units.setdefault(method, []).extend(loaded.scoring.units[method])

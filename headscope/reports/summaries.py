@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from headscope.analyses import taxonomy
+from headscope.analyses import position, taxonomy
 from headscope.experiments.scoring import pruning_curves
 from headscope.experiments.summaries import PromptSummary, summarize_prompts
 from headscope.models.loading import HeadscopeModel
@@ -31,8 +31,10 @@ from headscope.reports.config import ReportConfig
 from headscope.reports.prompts import PromptItem
 from headscope.reports.scoring import scoring_prompt
 
-#: Sink heads: α_0 above this (Gu et al. 2025).
-SINK_THRESHOLD = 0.3
+#: Sink heads: α_0 above this (Gu et al. 2025's ε), and at least SINK_RATIO times
+#: uniform attention's α_0 (docs/methods.md §3.2, `position.SinkDecision`).
+SINK_THRESHOLD = position.SINK_FLOOR
+SINK_RATIO = position.SINK_RATIO
 #: Pruning curves are evaluated on at most this many prompts (the first ones).
 PRUNING_PROMPTS = 64
 
@@ -54,7 +56,8 @@ class Summaries:
     """- `taxonomy`: category → `[layer, head]` score, mean over prompts (NaN where
       undefined for every prompt); `labels[layer][head]`: primary label (`head_labels`).
     - `sink_alpha`: α_0 (sink score of the first token) per `[layer, head]`, mean
-      over prompts; `sink_heads`: heads with α_0 > SINK_THRESHOLD; `sink_example`:
+      over prompts; `sink_heads`: heads with α_0 > SINK_THRESHOLD and at least
+      SINK_RATIO × the mean over prompts of uniform attention's α_0; `sink_example`:
       α_k `[layer, head, key]` of the first prompt with its `sink_tokens`.
     - `influence`, `influence_baseline`: cumulative influence by distance
       `[layer, distance]` (head-averaged maps, no residual; Wu et al. 2025), the
@@ -148,6 +151,10 @@ class SummaryReducer:
         self._count = 0
         self._taxonomy: dict[str, _RunningMean] = {}
         self._alpha: _RunningMean | None = None
+        self._support: dict[str, np.ndarray] | None = {}
+        self._sink_baseline = _RunningMean()  # uniform attention's α_0 per prompt
+        self._sink_queries = 0  # queries that see key 0 (every query of every prompt)
+        self._causal: set[bool | None] = set()
         self._influence = _RunningMean()
         self._baseline = _RunningMean()
         self._first: PromptSummary | None = None
@@ -162,6 +169,16 @@ class SummaryReducer:
         if self._alpha is None:
             self._alpha = _RunningMean()
         self._alpha.add(summary.sinks[:, :, 0])
+        if self._support is not None and summary.support:
+            for name, count in summary.support.items():
+                self._support[name] = self._support.get(name, 0) + np.asarray(count, np.int64)
+        else:  # a summary without support (an older checkpoint): support unknown
+            self._support = None
+        n = summary.sinks.shape[-1]
+        self._causal.add(summary.causal)
+        if summary.causal is not None:
+            self._sink_baseline.add(position.sink_baseline(n, causal=summary.causal)[:1].numpy())
+        self._sink_queries += n
         self._influence.add(summary.influence)
         self._baseline.add(summary.influence_baseline)
         self._bos = self._bos or bool(summary.bos_prepended)
@@ -170,16 +187,24 @@ class SummaryReducer:
         if self._first is None or self._alpha is None:
             raise ValueError("no prompt summaries to reduce")
         taxonomy_means = {name: mean.value() for name, mean in self._taxonomy.items()}
-        # The prompt summaries do not carry the taxonomy's support (defining
-        # queries) yet: it is unknown here, so the minimum-support rule is skipped.
+        # Support: defining queries summed over prompts (None when a summary lacks it).
         labels = taxonomy.head_labels(
-            {k: torch.from_numpy(v) for k, v in taxonomy_means.items()}, support=None
+            {k: torch.from_numpy(v) for k, v in taxonomy_means.items()},
+            support=self._support,
         )
         # Every prompt has an α_0 for every head (the first key is seen by every query).
         sink_alpha = self._alpha.value()
-        sink_heads = [
-            (int(layer), int(head)) for layer, head in np.argwhere(sink_alpha > SINK_THRESHOLD)
-        ]
+        if None in self._causal:  # causality unknown (an older checkpoint): α_0 alone
+            sinks = sink_alpha > SINK_THRESHOLD
+        else:
+            decision = position.SinkDecision(
+                alpha=torch.from_numpy(sink_alpha)[..., None],
+                baseline=torch.from_numpy(self._sink_baseline.value()),
+                support=torch.tensor([self._sink_queries]),
+                causal=next(iter(self._causal)) if len(self._causal) == 1 else None,
+            )
+            sinks = decision.sinks[..., 0].numpy()
+        sink_heads = [(int(layer), int(head)) for layer, head in np.argwhere(sinks)]
         influence = self._influence.value()
         return Summaries(
             taxonomy=taxonomy_means,

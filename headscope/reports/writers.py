@@ -21,9 +21,12 @@ weights hash, the scores, the reduced `Summaries`) and never run a model.
   template engine; the shared stylesheet (`figures.theme`) and plotly.js are
   inlined once, each figure is plotly's own `<div>`.
 
-Every file is written to a temporary name and renamed into place, so a killed
-run leaves no partial file under a final name; the contents depend only on the
-scores and the config (no timestamps), so a resumed run writes the same bytes.
+Every file is written to a temporary name first, and the four are renamed into
+place only once all are complete (`files.Staging`), so a killed or failing run
+(a full disk...) leaves the previous files or none, never a partial file or a
+mix; a write failure is an `OutputError` naming the file. The contents depend
+only on the scores and the config (no timestamps), so a resumed run writes the
+same bytes.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ from headscope.reports.aggregate import (
     rank_agreement,
     top_heads,
 )
-from headscope.reports.checkpoints import atomic_output, atomic_write_text, clean_output_temporaries
 from headscope.reports.config import ReportConfig
+from headscope.reports.files import Staging, clean_stale, make_dir
 from headscope.reports.prompts import PromptSet
 from headscope.reports.scoring import PER_PROMPT, SCORE_MEANING, Measured
 from headscope.reports.summaries import SINK_THRESHOLD, Summaries
@@ -124,8 +127,7 @@ def write_outputs(
     "ci_high", "significant"}`, by magnitude, most important first). Pure: no
     model runs here."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_output_temporaries(out)
+    make_dir(out, "create the output directory")
     aggregates = {method: aggregate(scores[method]) for method in config.methods}
     means = {method: result.mean for method, result in aggregates.items()}
     top = {method: _ranked(method, aggregates[method]) for method in config.methods}
@@ -138,11 +140,9 @@ def write_outputs(
         "json": out / "report.json",
         "html": out / "report.html",
     }
+    # Only temporaries named after the report's files, and of runs that ended.
+    clean_stale(out, tuple(f".{path.name}.*.tmp" for path in files.values()))
     frame = score_table(scores, units, aggregates, config)
-    with atomic_output(files["parquet"]) as tmp:
-        frame.to_parquet(tmp, index=False)
-    with atomic_output(files["csv"]) as tmp:
-        frame.to_csv(tmp, index=False)
     document = report_document(
         spec,
         weights_hash,
@@ -157,8 +157,20 @@ def write_outputs(
         measured,
     )
     document = _json_safe(document)
-    atomic_write_text(files["json"], json.dumps(document, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(files["html"], render_html(document, prompt_set, aggregates, summaries))
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    html = render_html(document, prompt_set, aggregates, summaries)
+    # All four files go to temporaries first and are renamed into place only
+    # once every one is complete: a failure (a full disk...) leaves the
+    # previous files, or none, never a mix.
+    with Staging() as staging:
+        with staging.writing(files["parquet"]) as tmp:
+            frame.to_parquet(tmp, index=False)
+        with staging.writing(files["csv"]) as tmp:
+            frame.to_csv(tmp, index=False)
+        with staging.writing(files["json"]) as tmp:
+            tmp.write_bytes(text.encode("utf-8"))
+        with staging.writing(files["html"]) as tmp:
+            tmp.write_bytes(html.encode("utf-8"))
     return files, document["top_heads"]
 
 

@@ -1,21 +1,35 @@
 """Checkpoints and the summary reduction without a model: shard results (scores,
 unit labels, warnings, targets, clean metric, prompt summaries) and pruning
 curves round-trip bit for bit through safetensors (no pickles), a checkpoint of
-another layout or ranking is refused, and the streaming reduction of prompt
+another layout or ranking is refused (`CheckpointError`), so is one that does
+not verify (another slot or configuration, tampered contents or metadata,
+other prompts, methods or shapes than the job expects, not safetensors), and the streaming reduction of prompt
 summaries equals the mean over the stacked prompts."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from headscope.errors import CheckpointError
 from headscope.experiments.summaries import PromptSummary
-from headscope.reports.checkpoints import LAYOUT, ShardResult, ShardStore, orders_digest
+from headscope.reports.checkpoints import (
+    LAYOUT,
+    Expected,
+    ShardResult,
+    ShardStore,
+    content_digest,
+    orders_digest,
+)
 from headscope.reports.scoring import ShardScores
 from headscope.reports.summaries import SINK_THRESHOLD, PruningCurves, reduce_summaries
 
@@ -110,7 +124,8 @@ def test_pruning_curves_round_trip_and_are_tied_to_their_ranking(tmp_path):
     assert list(store.load_pruning(digest).curves) == ["chg", "ablation"]
     other = {**means, "chg": np.full((2, 3), 1.0 + 1e-15)}
     assert orders_digest(other) != digest
-    assert store.load_pruning(orders_digest(other)) is None
+    with pytest.raises(CheckpointError, match="ranked by other mean scores"):
+        store.load_pruning(orders_digest(other))
 
 
 def _nan_padded(arrays: list[np.ndarray]) -> np.ndarray:
@@ -159,3 +174,65 @@ def test_the_reduction_is_the_mean_over_prompts_of_each_summary():
     assert again.influence.tobytes() == reduced.influence.tobytes()
     with pytest.raises(ValueError, match="no prompt summaries"):
         reduce_summaries([], pruning)
+
+
+def test_a_shard_is_reused_only_when_it_verifies(tmp_path):
+    store = ShardStore(tmp_path, {"model": "x"})
+    store.save(1, _shard())
+    fits = Expected(lines=(4, 5, 6), methods=("gradient", "chg"), grid=(LAYERS, HEADS))
+    assert store.done(1, fits)
+    with safe_open(str(store.path(1)), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["config_sha256"] == store.config_sha256 and metadata["checkpoint"] == "shard-1"
+    assert len(metadata["content_sha256"]) == 64
+
+    mismatches = [
+        (replace(fits, lines=(4, 5, 6, 7)), "3 prompt summaries for 4 prompts"),
+        (replace(fits, lines=(1, 2, 3)), "gradient scores other prompts than this shard's"),
+        (replace(fits, methods=("chg", "gradient")), "scores for methods ['gradient', 'chg']"),
+        (replace(fits, grid=(LAYERS, HEADS + 1)), "score/gradient has shape [3, 2, 3]"),
+    ]
+    for expected, message in mismatches:
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            store.load(1, expected)
+
+    # the same file in another slot, or in another configuration's folder
+    shutil.copyfile(store.path(1), store.path(2))
+    with pytest.raises(CheckpointError, match="holds shard-1, not shard-2"):
+        store.load(2)
+    other = ShardStore(tmp_path, {"model": "y"})
+    shutil.copyfile(store.path(1), other.path(1))
+    with pytest.raises(CheckpointError, match="computed under another configuration"):
+        other.load(1)
+
+    # tampered metadata (a token) under the same digest
+    tensors = load_file(str(store.path(1)))
+    prompts = json.loads(metadata["prompts"])
+    prompts[0]["tokens"][0] = "forged"
+    save_file(tensors, str(store.path(1)), metadata={**metadata, "prompts": json.dumps(prompts)})
+    with pytest.raises(CheckpointError, match="do not match their sha256"):
+        store.load(1)
+    assert not store.done(1)
+
+    for data, message in ((b"", "an empty file"), (b"\x00" * 64, "not a readable safetensors")):
+        store.path(1).write_bytes(data)
+        with pytest.raises(CheckpointError, match=message):
+            store.load(1)
+    store.path(1).unlink()
+    store.path(1).mkdir()
+    with pytest.raises(CheckpointError, match="not a file"):
+        store.load(1)
+
+
+def test_the_content_digest_covers_names_dtypes_shapes_bytes_and_metadata():
+    base = {"a": torch.arange(6, dtype=torch.float64).reshape(2, 3), "b": torch.tensor([True])}
+    digest = content_digest(base, {"k": "v"})
+    assert digest == content_digest(dict(reversed(base.items())), {"k": "v", "content_sha256": "x"})
+    changed = [
+        ({**base, "a": base["a"].reshape(3, 2)}, {"k": "v"}),
+        ({**base, "a": base["a"].float()}, {"k": "v"}),
+        ({**base, "a": base["a"] + 1e-12}, {"k": "v"}),
+        ({"c": base["a"], "b": base["b"]}, {"k": "v"}),
+        (base, {"k": "w"}),
+    ]
+    assert len({digest, *(content_digest(t, m) for t, m in changed)}) == 1 + len(changed)
