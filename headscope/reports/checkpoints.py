@@ -4,18 +4,20 @@ Everything an executor task computes is written atomically (temporary file,
 then rename) under `DIR/.shards/<config hash>/`, so a killed job leaves either
 a whole file or none, and a rerun of the same command (same config hash)
 reuses it. A different config (model weights, prompts, methods, metric,
-checkpoint layout...) gets its own folder. Layout (LAYOUT = 4), safetensors
+checkpoint layout...) gets its own folder. Layout (LAYOUT = 5), safetensors
 only (arrays plus a small JSON header, never pickles):
 
 - `config.json`: the job identity the folder's name hashes.
 - `shard-NNNNN.safetensors`, one per shard, from one executor task:
   `score/<method>` float64 `[unit, layer, head]`; `clean` float64 `[prompt]`
   (the metric with every head on, per prompt); for the shard's i-th prompt
-  `prompt/<i>/taxonomy/<category>` `[layer, head]`, `prompt/<i>/sinks`
+  `prompt/<i>/taxonomy/<category>` `[layer, head]`, `prompt/<i>/support/<category>`
+  int64 `[layer, head]` (the queries defining each score), `prompt/<i>/sinks`
   `[layer, head, key]`, `prompt/<i>/influence` and
   `prompt/<i>/influence_baseline` `[layer, distance]`; metadata `methods`
   (JSON list, score order), `prompts` (JSON: per prompt its tokens, whether
-  BOS was prepended, and its taxonomy categories in order) and `scoring`
+  BOS was prepended, its taxonomy and support categories in order, and whether
+  the model is causal) and `scoring`
   (JSON: per method its unit labels, its warning and the prompts it applies
   to; per prompt the target rule it resolved to and its number of scored
   tokens).
@@ -60,7 +62,7 @@ from headscope.reports.summaries import PruningCurves
 #: Version of the checkpoint layout; part of the job identity (and so of the
 #: folder's hash), and checked in every file's metadata. 4: verified
 #: checkpoints (slot, configuration and content digests in the metadata).
-LAYOUT = 4
+LAYOUT = 5
 
 
 def config_hash(config: dict) -> str:
@@ -160,6 +162,10 @@ class ShardStore:
         for i, summary in enumerate(result.summaries):
             for name, value in summary.taxonomy.items():
                 tensors[f"prompt/{i}/taxonomy/{name}"] = _array(value)
+            for name, value in summary.support.items():
+                tensors[f"prompt/{i}/support/{name}"] = torch.tensor(
+                    np.asarray(value, dtype=np.int64)
+                )
             tensors[f"prompt/{i}/sinks"] = _array(summary.sinks)
             tensors[f"prompt/{i}/influence"] = _array(summary.influence)
             tensors[f"prompt/{i}/influence_baseline"] = _array(summary.influence_baseline)
@@ -168,6 +174,8 @@ class ShardStore:
                     "tokens": list(summary.tokens),
                     "bos_prepended": bool(summary.bos_prepended),
                     "taxonomy": list(summary.taxonomy),
+                    "support": list(summary.support),
+                    "causal": summary.causal,
                 }
             )
         metadata = {
@@ -308,6 +316,11 @@ def _shard_result(tensors: dict[str, Tensor], metadata: dict[str, str]) -> Shard
                 influence_baseline=tensors[f"prompt/{i}/influence_baseline"].numpy(),
                 tokens=tuple(prompt["tokens"]),
                 bos_prepended=prompt["bos_prepended"],
+                support={
+                    name: tensors[f"prompt/{i}/support/{name}"].numpy()
+                    for name in prompt["support"]
+                },
+                causal=prompt["causal"],
             )
         )
     extra = json.loads(metadata["scoring"])
@@ -354,12 +367,13 @@ def _check_shard(result: ShardResult, expected: Expected) -> None:
     for i, summary in enumerate(result.summaries):
         shapes = {
             **{f"taxonomy/{name}": value.shape for name, value in summary.taxonomy.items()},
+            **{f"support/{name}": value.shape for name, value in summary.support.items()},
             "sinks": summary.sinks.shape,
             "influence": summary.influence.shape,
             "influence_baseline": summary.influence_baseline.shape,
         }
         for name, shape in shapes.items():
-            if name.startswith("taxonomy/"):
+            if name.startswith(("taxonomy/", "support/")):
                 fits = shape == (layers, heads)
             elif name == "sinks":
                 fits = len(shape) == 3 and shape[:2] == (layers, heads)

@@ -57,8 +57,10 @@ class Summaries:
       undefined for every prompt); `labels[layer][head]`: primary label (`head_labels`).
     - `sink_alpha`: α_0 (sink score of the first token) per `[layer, head]`, mean
       over prompts; `sink_heads`: heads with α_0 > SINK_THRESHOLD and at least
-      SINK_RATIO × the mean over prompts of uniform attention's α_0; `sink_example`:
-      α_k `[layer, head, key]` of the first prompt with its `sink_tokens`.
+      SINK_RATIO × the mean over prompts of uniform attention's α_0; `sink_rule`: that
+      rule in words; `causal`: the models' mask (None: unknown, then α_0 alone
+      decides); `sink_example`: α_k `[layer, head, key]` of the first prompt with
+      its `sink_tokens`.
     - `influence`, `influence_baseline`: cumulative influence by distance
       `[layer, distance]` (head-averaged maps, no residual; Wu et al. 2025), the
       mean over prompts of each prompt's normalised curve (each distance over the
@@ -83,6 +85,8 @@ class Summaries:
     pruning: dict[str, list[float]]
     clean_metric: float
     pruning_prompts: int
+    sink_rule: str = f"α_0 > {SINK_THRESHOLD:g}"
+    causal: bool | None = None
 
 
 def summarize_shard(
@@ -194,6 +198,8 @@ class SummaryReducer:
         )
         # Every prompt has an α_0 for every head (the first key is seen by every query).
         sink_alpha = self._alpha.value()
+        causal = next(iter(self._causal)) if len(self._causal) == 1 else None
+        rule = f"α_0 > {SINK_THRESHOLD:g}"
         if None in self._causal:  # causality unknown (an older checkpoint): α_0 alone
             sinks = sink_alpha > SINK_THRESHOLD
         else:
@@ -204,6 +210,7 @@ class SummaryReducer:
                 causal=next(iter(self._causal)) if len(self._causal) == 1 else None,
             )
             sinks = decision.sinks[..., 0].numpy()
+            rule = decision.rule().replace("α_k", "α_0")
         sink_heads = [(int(layer), int(head)) for layer, head in np.argwhere(sinks)]
         influence = self._influence.value()
         return Summaries(
@@ -221,6 +228,8 @@ class SummaryReducer:
             pruning={method: list(values) for method, values in pruning.curves.items()},
             clean_metric=pruning.clean,
             pruning_prompts=pruning.n_prompts,
+            sink_rule=rule,
+            causal=causal,
         )
 
 

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from markupsafe import Markup
 
+from headscope.analyses import position
 from headscope.analyses.uncertainty import bootstrap_interval
 from headscope.figures.heads import importance_heatmap, label_grid, layer_head_heatmap
 from headscope.figures.heads import pruning_curve as pruning_figure
@@ -434,6 +435,7 @@ def report_document(
             "statistic": "alpha_0: mean attention on the first token over the queries that see it",
             "bos_prepended": summaries.bos_prepended,
             "threshold": SINK_THRESHOLD,
+            "rule": summaries.sink_rule,
             "alpha_first_token": _grid(summaries.sink_alpha),
             "sink_heads": [{"layer": layer, "head": head} for layer, head in summaries.sink_heads],
         },
@@ -771,14 +773,32 @@ def _sinks(summaries: Summaries) -> dict[str, Any]:
         zmin=0.0,
         zmax=1.0,
     )
+    options: dict[str, Any] = {"threshold": SINK_THRESHOLD}
+    if summaries.causal is not None:
+        # The first prompt read against uniform attention over its visible keys.
+        n = summaries.sink_example.shape[-1]
+        keys = torch.arange(n)
+        decision = position.SinkDecision(
+            alpha=torch.from_numpy(np.ascontiguousarray(summaries.sink_example)),
+            baseline=position.sink_baseline(n, causal=summaries.causal),
+            support=(n - keys) if summaries.causal else torch.full((n,), n),
+            causal=summaries.causal,
+        )
+        options = {
+            "sinks": decision.sinks,
+            "baseline": decision.baseline,
+            "support": decision.support,
+            "min_queries": decision.min_queries,
+            "rule": decision.rule(),
+        }
     example = sink_figure(
         summaries.sink_example,
         summaries.sink_tokens,
-        threshold=SINK_THRESHOLD,
         title="Sink scores α_k on the first prompt",
+        **options,
     )
     return {
-        "threshold": f"{SINK_THRESHOLD:g}",
+        "threshold": summaries.sink_rule,
         "heads": [f"L{layer}.H{head}" for layer, head in summaries.sink_heads],
         "bos_prepended": summaries.bos_prepended,
         "alpha_figure": _figure(alpha, "sink-alpha"),

@@ -236,3 +236,14 @@ def test_the_content_digest_covers_names_dtypes_shapes_bytes_and_metadata():
         (base, {"k": "w"}),
     ]
     assert len({digest, *(content_digest(t, m) for t, m in changed)}) == 1 + len(changed)
+
+
+def test_a_shard_keeps_the_taxonomy_support_and_the_models_causality(local_report):
+    """The summaries' evidence survives the checkpoint: labels need their support
+    and the sink rule the models' mask (an old checkpoint without them would fall
+    back to α_0 > 0.3 alone)."""
+    import json
+
+    document = json.loads((local_report.out_dir / "report.json").read_text(encoding="utf-8"))
+    assert "uniform attention" in document["sinks"]["rule"]
+    assert "causal mask" in document["sinks"]["rule"]
