@@ -103,3 +103,8 @@ class UnsupportedModelError(ModelNotFoundError):
             f"inspect it; supported families: {', '.join(SUPPORTED_FAMILIES)} "
             "(see docs/models.md)"
         )
+
+
+class ServeError(HeadscopeError):
+    """The dashboard cannot serve: the port is in use, the host does not
+    resolve or is not an address of this machine (the message says which)."""

@@ -24,8 +24,11 @@ forked worker shares the parent's arrays copy-on-write).
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -342,9 +345,35 @@ _worker_context: Any = None
 def _enter_worker(context: Any) -> None:
     """Pool initializer: runs once in each worker process."""
     global _worker_context
-    if multiprocessing.parent_process() is None:
+    parent = multiprocessing.parent_process()
+    if parent is None:
         raise RuntimeError("_enter_worker must only run in a worker process")
+    _die_with_parent(parent.pid)
     _worker_context = context
+
+
+# prctl(2) option: the signal the kernel sends when the thread that forked us exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Process hygiene: a worker must not outlive the process that started it.
+
+    On Linux the kernel sends SIGTERM to this worker when the thread that forked it exits,
+    however it ends (a SIGKILL or the OOM killer included); that thread is the one calling
+    :func:`_run`, which joins the pool before it returns. SIGTERM gets its default action
+    here: a handler inherited from the caller (e.g. a server's) could otherwise catch it.
+    Elsewhere nothing changes (the pool is still joined on every normal exit)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: keep the default behaviour
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before prctl took effect: the signal will never come
 
 
 def _call_in_worker(function: Callable[[Any, Any], np.ndarray], job: Any) -> np.ndarray:

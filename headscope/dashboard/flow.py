@@ -16,9 +16,9 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from headscope.dashboard import results
-from headscope.dashboard.background import POLL_INTERVAL_MS
+from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block, token_chips
-from headscope.dashboard.inputs import check_head, check_index, choice
+from headscope.dashboard.inputs import as_int, check_head, check_index, choice
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
 from headscope.errors import InputError
@@ -26,6 +26,8 @@ from headscope.figures.flow import first_token_note, flow_comparison
 from headscope.figures.style import display_token, message_figure
 
 RESIDUALS = (0.5, 0.25, 0.75, 0.9)
+#: Token chips are buttons up to this many tokens (`components.token_chips`'s limit).
+MAX_TOKENS_SHOWN = 600
 #: The head dropdown's value for the head-averaged map.
 MEAN = "mean"
 RELEVANCE = "relevance (Chefer et al. 2021)"
@@ -180,12 +182,17 @@ def flow_outputs(
         baselines["attention rollout"] = _baseline(n, spec, "rollout", q, alpha)
     except Exception as error:
         problems.append(describe(error, "attention rollout"))
-    report(2, 4, "attention flow (max-flow)…")
-    try:
-        series["attention flow"] = results.attention_flow(state, alpha)[q]
-        baselines["attention flow"] = _baseline(n, spec, "flow", q, alpha)
-    except Exception as error:
-        problems.append(describe(error, "attention flow"))
+    limit = exact_flow_limit(session, len(record.layer_index))
+    notices = []
+    if limit is not None and n > limit:
+        notices.append(flow_skipped_note(n, len(record.layer_index), limit))
+    else:
+        report(2, 4, "attention flow (max-flow)…")
+        try:
+            series["attention flow"] = results.attention_flow(state, alpha)[q]
+            baselines["attention flow"] = _baseline(n, spec, "flow", q, alpha)
+        except Exception as error:
+            problems.append(describe(error, "attention flow"))
     report(3, 4, "relevance (forward and backward pass)…")
     relevance_name, relevance_row, relevance_note = _relevance(session, state, q)
     series[relevance_name] = relevance_row
@@ -214,11 +221,30 @@ def flow_outputs(
             if note:
                 warnings.append(note)
     notes = [
+        alert(" ".join(notices), kind="info") if notices else None,
         alert("; ".join(dict.fromkeys(problems)), kind="warning") if problems else None,
         alert("\n".join(warnings), kind="warning") if warnings else None,
         html.P(relevance_note, className="hs-note"),
     ]
     return figure, chips, html.Div([note for note in notes if note is not None])
+
+
+def exact_flow_limit(session: ModelSession, n_layers: int) -> int | None:
+    """The longest prompt (tokens) the page solves attention flow for, or None
+    for no limit: one or two layers have a closed form (O(N³) arithmetic), three
+    or more need max-flows whose cost grows faster than N³ (`session.max_flow_tokens`
+    says where the page stops; see `DEFAULT_MAX_FLOW_TOKENS` for the measurement)."""
+    return None if n_layers <= 2 else int(session.max_flow_tokens)
+
+
+def flow_skipped_note(n: int, n_layers: int, limit: int) -> str:
+    """Why the page shows no attention flow for this prompt, and what it shows instead."""
+    return (
+        f"Attention flow is not computed for {n} tokens: it is exact (max-flow between "
+        f"every pair of tokens through {n_layers} layers), and its cost grows faster than "
+        f"N³, so the page solves it up to {limit} tokens. Rollout, its linear "
+        "approximation, is shown (and shades the tokens); shorten the prompt to see flow."
+    )
 
 
 def _relevance(session: ModelSession, state, query: int) -> tuple[str, object, str]:
@@ -258,11 +284,13 @@ def _baseline(n: int, spec, method: str, query: int, residual: float):
         return None
 
 
+def _flow_failed(message: str) -> tuple:
+    return message_figure(message), [], alert(message)
+
+
 #: `flow_outputs` with every failure (a bad picker value, a missing model) shown
 #: as a message on the page instead of reaching dash.
-flow_page = guarded(lambda message: (message_figure(message), [], alert(message)), "the flow page")(
-    flow_outputs
-)
+flow_page = guarded(_flow_failed, "the flow page")(flow_outputs)
 
 
 def register(app: Dash, session: ModelSession, manager) -> None:
@@ -288,11 +316,15 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         Input({"type": "flow-token", "index": ALL}, "n_clicks"),
         prevent_initial_call=True,
     )
+    @guarded(lambda message: no_update, "picking the query token")
     def _pick(clicks):
         trigger = ctx.triggered_id
-        if not isinstance(trigger, dict) or not any(clicks or []):
+        if not isinstance(trigger, dict) or not isinstance(clicks, list) or not any(clicks):
             raise PreventUpdate
-        return int(trigger["index"])
+        index = as_int(trigger.get("index"))
+        if index is None or not 0 <= index < MAX_TOKENS_SHOWN:
+            raise PreventUpdate
+        return index
 
     @app.callback(
         Output("flow-figure", "figure"),
@@ -318,6 +350,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         cancel=[Input("flow-cancel", "n_clicks")],
         prevent_initial_call=False,
     )
+    @on_death(_flow_failed, "the flow job")
     def _flow(set_progress, store, query, residual, layer, head):
         if query is None:
             return no_update, no_update, no_update

@@ -16,8 +16,9 @@ from headscope.dashboard import results, routes
 from headscope.dashboard.components import card, graph, stats_table
 from headscope.dashboard.inputs import check_head
 from headscope.dashboard.messages import alert, describe, guarded
-from headscope.dashboard.session import ModelSession
+from headscope.dashboard.session import ModelSession, check_prompt_text
 from headscope.dashboard.spectral import head_spectra_figure
+from headscope.errors import InputError
 from headscope.figures.arrays import reduction_factor
 from headscope.figures.maps import attention_map, map_block
 from headscope.figures.style import display_token, message_figure
@@ -99,7 +100,11 @@ def head_picker(session: ModelSession, store: dict | None) -> list:
     """One link per head, carrying the prompt (built once per prompt; the
     current head is marked client side, see `register`)."""
     spec = session.require_model().spec
-    search = store.get("search", "") if isinstance(store, dict) else ""
+    prompt = store.get("prompt") if isinstance(store, dict) else None
+    try:  # the links carry the prompt, rebuilt from it (never the browser's own string)
+        search = routes.search_for(check_prompt_text(prompt))
+    except InputError:
+        search = ""
     rows = [
         dcc.Link(f"{li}.{hi}", href=routes.head_path(li, hi) + search, id=f"pick-{li}-{hi}")
         for li in range(spec.n_layers)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dash import Dash, Input, Output, State, dcc, html
 
 from headscope.analyses.uncertainty import bootstrap_interval
-from headscope.dashboard.background import POLL_INTERVAL_MS
+from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block
 from headscope.dashboard.examples import prompt_set
 from headscope.dashboard.inputs import choice, prompt_lines
@@ -366,6 +366,11 @@ def _finish(figures: dict, scores: HeadScores, warnings: list[str]) -> tuple:
     return (*(figures[key] for key in OUTPUT_IDS), message)
 
 
+def _failed(message: str) -> tuple:
+    blank = message_figure(message)
+    return (*(blank,) * len(OUTPUT_IDS), alert(message))
+
+
 def register(app: Dash, session: ModelSession, manager) -> None:
     @app.callback(
         *(Output(key, "figure") for key in OUTPUT_IDS),
@@ -394,6 +399,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         cancel=[Input("imp-cancel", "n_clicks")],
         prevent_initial_call=True,
     )
+    @on_death(_failed, "the importance job")
     def _importance(
         set_progress, _clicks, prompts_text, methods, mode, seeds, steps, metric, target
     ):
@@ -413,6 +419,4 @@ def register(app: Dash, session: ModelSession, manager) -> None:
                 target=target,
             )
         except Exception as error:
-            message = describe(error, "the importance job")
-            blank = message_figure(message)
-            return (*(blank,) * len(OUTPUT_IDS), alert(message))
+            return _failed(describe(error, "the importance job"))

@@ -5,21 +5,46 @@ with an InputError (shown on the page), never trusted."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from headscope.dashboard.session import MAX_PROMPT_CHARS
 from headscope.errors import InputError
 from headscope.models.spec import ModelSpec
 
 T = TypeVar("T")
 
 
+_INTEGER = re.compile(r"[+-]?\d{1,9}")
+
+
+def as_int(value: object) -> int | None:
+    """`value` as an int when it is one: an int (not a bool), a float with an
+    integer value, or a string of up to 9 digits; None for anything else
+    (inf, nan, 1.5, "x", None, lists...)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A short, printable repr of a value from the browser, for a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def check_head(spec: ModelSpec, layer: object, head: object) -> tuple[int, int]:
     """(layer, head) as ints within the model; InputError otherwise."""
-    try:
-        layer_i, head_i = int(layer), int(head)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InputError(f"layer and head must be integers, got {layer!r}, {head!r}") from None
+    layer_i, head_i = as_int(layer), as_int(head)
+    if layer_i is None or head_i is None:
+        raise InputError(f"layer and head must be integers, got {shown(layer)}, {shown(head)}")
     if not 0 <= layer_i < spec.n_layers:
         raise InputError(
             f"layer {layer_i} does not exist: {spec.name} has layers 0–{spec.n_layers - 1}"
@@ -41,26 +66,27 @@ def check_index(value: object, size: int, *, name: str = "index", default: int |
     values count from the end, as in Python."""
     if value is None and default is not None:
         return default
-    try:
-        index = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    index = as_int(value)
+    if index is None:
         if default is not None:
             return default
-        raise InputError(f"{name} must be an integer, got {value!r}") from None
+        raise InputError(f"{name} must be an integer, got {shown(value)}")
     if index < 0:
         index += size
     if not 0 <= index < size:
         if default is not None:
             return default
-        raise InputError(f"{name} {value} is out of range (0–{size - 1})")
+        raise InputError(f"{name} {shown(value)} is out of range (0–{size - 1})")
     return index
 
 
 def check_fraction(value: object, default: float = 1.0) -> float:
     """A float in [0, 1] (clipped); `default` for anything not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return default
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        number = float(value)
+    except (ValueError, OverflowError):
         return default
     if not math.isfinite(number):
         return default
@@ -101,9 +127,15 @@ def check_gates(value: Any, spec: ModelSpec) -> list[list[float]]:
 
 
 def prompt_lines(text: object, *, limit: int = 32) -> list[str]:
-    """Non-empty lines of a prompt-set text box (at most `limit`)."""
+    """Non-empty lines of a prompt-set text box (at most `limit`, each checked
+    later as a prompt)."""
     if not isinstance(text, str):
         raise InputError("the prompt set is empty: write one prompt per line")
+    if len(text) > limit * MAX_PROMPT_CHARS:
+        raise InputError(
+            f"the prompt set has {len(text):,} characters; the dashboard takes at most "
+            f"{limit * MAX_PROMPT_CHARS:,}"
+        )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise InputError("the prompt set is empty: write one prompt per line")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,22 +17,38 @@ from headscope.errors import HeadscopeError
 log = logging.getLogger("headscope.dashboard")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+#: Longest message shown on a page (the server log keeps the whole of it).
+MAX_MESSAGE_CHARS = 2_000
+
+
+def safe_text(text: object, limit: int = 20_000) -> str:
+    """`text` made safe to send back to the browser: a string, lone surrogates
+    replaced by U+FFFD (JSON encoders refuse them), at most `limit` characters."""
+    if not isinstance(text, str):
+        return ""
+    text = text[:limit] + ("…" if len(text) > limit else "")
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def describe(error: BaseException, what: str = "the computation") -> str:
     """One line for the page: the message of errors a user can fix, the type
     and message of anything else (the traceback goes to the server log)."""
     if isinstance(error, HeadscopeError):
-        return str(error)
+        return safe_text(str(error), MAX_MESSAGE_CHARS)
     if isinstance(error, MemoryError):
         return f"{what} ran out of memory; try a shorter prompt"
     text = str(error) or type(error).__name__
-    return f"{what} failed: {type(error).__name__}: {text}"
+    return safe_text(f"{what} failed: {type(error).__name__}: {text}", MAX_MESSAGE_CHARS)
 
 
 def alert(text: str | None, *, kind: str = "error") -> html.Div | None:
     """A message box (rendered as text, never as HTML), or None for no message."""
     if not text:
         return None
-    return html.Div(text, className=f"hs-alert hs-alert-{kind}", role="alert")
+    shown = safe_text(text, MAX_MESSAGE_CHARS) if isinstance(text, str) else text
+    return html.Div(shown, className=f"hs-alert hs-alert-{kind}", role="alert")
 
 
 def guarded(fallback: Callable[[str], Sequence[Any]], what: str = "the computation"):

@@ -166,9 +166,10 @@ def register(app: Dash, session: ModelSession) -> None:
         State("url", "pathname"),
         prevent_initial_call=True,
     )
+    @guarded(lambda message: no_update, "opening the head")
     def _open_head(*args):
         source = ctx.triggered_id
-        if source is None:
+        sources = ("overview-grid", *SUMMARY_GRAPHS)
+        if source not in sources:
             return no_update
-        index = ("overview-grid", *SUMMARY_GRAPHS).index(source)
-        return open_head(session, args[index])
+        return open_head(session, args[sources.index(source)])

@@ -20,6 +20,7 @@ from headscope.dashboard.examples import SECOND_SENTENCE
 from headscope.dashboard.inputs import check_fraction, check_gates, check_head
 from headscope.dashboard.messages import alert, guarded
 from headscope.dashboard.session import ModelSession, PromptState
+from headscope.errors import InputError
 from headscope.experiments import attention
 from headscope.experiments.attention import GatedRun
 from headscope.figures.maps import head_grid
@@ -152,23 +153,50 @@ def edit_gates(
     return grid, chosen, current
 
 
-def gate_styles(session: ModelSession, gates: list[list[float]], selected) -> tuple[list, list]:
-    """(style, className) of every gate button, in the layout's order."""
+def gate_styles(
+    session: ModelSession, gates: list[list[float]], selected, cells: list | None = None
+) -> tuple[list, list]:
+    """(style, className) of every gate button: in the layout's order, or for
+    the button ids in `cells` (what the browser asked for) with `no_update`
+    for an id that names no head of the model."""
     spec = session.require_model().spec
+    if cells is None:
+        cells = [
+            {"layer": layer, "head": head}
+            for layer in range(spec.n_layers)
+            for head in range(spec.n_heads)
+        ]
     styles, classes = [], []
-    for layer in range(spec.n_layers):
-        for head in range(spec.n_heads):
-            g = gates[layer][head]
-            shade = 1.0 - g
-            styles.append(
-                {
-                    "background": f"rgba(180, 35, 24, {0.85 * shade:.3f})" if g < 1 else "#ffffff",
-                    "color": "#ffffff" if shade > 0.5 else "#1d2330",
-                }
-            )
-            picked = isinstance(selected, list) and selected == [layer, head]
-            classes.append("hs-gate" + (" hs-gate-selected" if picked else ""))
+    for cell in cells:
+        try:
+            layer, head = check_head(spec, cell.get("layer"), cell.get("head"))
+        except (AttributeError, InputError):
+            styles.append(no_update)
+            classes.append(no_update)
+            continue
+        g = gates[layer][head]
+        shade = 1.0 - g
+        styles.append(
+            {
+                "background": f"rgba(180, 35, 24, {0.85 * shade:.3f})" if g < 1 else "#ffffff",
+                "color": "#ffffff" if shade > 0.5 else "#1d2330",
+            }
+        )
+        picked = isinstance(selected, list) and selected == [layer, head]
+        classes.append("hs-gate" + (" hs-gate-selected" if picked else ""))
     return styles, classes
+
+
+def requested_cells(outputs_list: object, index: int) -> list | None:
+    """The gate-button ids of wildcard output `index` in dash's request (a list
+    of `{"id": ..., "property": ...}`), or None when the request has no such list."""
+    try:
+        entries = outputs_list[index]  # type: ignore[index]
+    except (TypeError, IndexError, KeyError):
+        return None
+    if not isinstance(entries, list):
+        return None
+    return [entry.get("id") if isinstance(entry, dict) else None for entry in entries]
 
 
 # -- the gated forward -------------------------------------------------------------------------
@@ -306,6 +334,12 @@ def _number(value: float | None) -> str:
 
 
 def register(app: Dash, session: ModelSession) -> None:
+    def _gates_refused(message: str) -> tuple:
+        # Wildcard outputs need one value per button the request names: none changes.
+        cells = requested_cells(ctx.outputs_list, 3) or []
+        unchanged = [no_update] * len(cells)
+        return (no_update, no_update, no_update, unchanged, unchanged, no_update, alert(message))
+
     @app.callback(
         Output("gates-store", "data"),
         Output("gates-selected", "data"),
@@ -313,23 +347,28 @@ def register(app: Dash, session: ModelSession) -> None:
         Output({"type": "gate-cell", "layer": ALL, "head": ALL}, "style"),
         Output({"type": "gate-cell", "layer": ALL, "head": ALL}, "className"),
         Output("play-selected", "children"),
+        Output("play-message", "children", allow_duplicate=True),
         Input({"type": "gate-cell", "layer": ALL, "head": ALL}, "n_clicks"),
         Input("play-scale", "value"),
         Input("play-reset", "n_clicks"),
         State("gates-store", "data"),
         State("gates-selected", "data"),
+        prevent_initial_call="initial_duplicate",
     )
+    @guarded(_gates_refused, "the head gates")
     def _gates(_clicks, scale, _reset, gates, selected):
+        cells = requested_cells(ctx.outputs_list, 3)
         if session.model is None:
-            return no_update, no_update, no_update, [], [], "the model is not loaded"
+            unchanged = [no_update] * len(cells or [])
+            return (*(no_update,) * 3, unchanged, unchanged, "the model is not loaded", no_update)
         grid, chosen, value = edit_gates(session, ctx.triggered_id, scale, gates, selected)
-        styles, classes = gate_styles(session, grid, chosen)
+        styles, classes = gate_styles(session, grid, chosen, cells)
         label = (
             f"selected head {chosen[0]}.{chosen[1]}: gate {value:g}"
             if chosen
             else "no head selected"
         )
-        return grid, chosen, value, styles, classes, label
+        return grid, chosen, value, styles, classes, label, no_update
 
     @app.callback(
         Output("play-output", "figure"),

@@ -96,9 +96,11 @@ def layout(session: ModelSession) -> list:
 
 def check_ratio(value: object, default: float = SINK_RATIO) -> float:
     """The slider's ratio: a finite number, clipped to [RATIO_MIN, RATIO_MAX]."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return default
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        number = float(value)
+    except (ValueError, OverflowError):
         return default
     if not math.isfinite(number):
         return default

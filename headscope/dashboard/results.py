@@ -4,6 +4,7 @@ package and memoized on the server (per prompt in `PromptState`, per model in
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -207,12 +208,18 @@ def mp_fit(session: ModelSession, layer: int, head: int, matrix: str):
     return session.cached_model_result(("mp", layer, head, matrix), compute)
 
 
-def warm_up(session: ModelSession) -> None:
-    """Compute the spectra ahead of the first head page (run in a daemon
-    thread by `create_app`); a failure is left for the pages to report."""
+def warm_up(session: ModelSession, stop: threading.Event | None = None) -> None:
+    """Compute the spectra ahead of the first head page (run in a thread by
+    `create_app`); a failure is left for the pages to report. `stop` (set when
+    the server stops) is checked between the steps, so the thread ends within
+    one step: the weight read (one short forward) or the spectra."""
     if session.model is None:
         return
-    try:
-        spectra(session)
-    except Exception:
-        return
+    steps = (head_weights, spectra)
+    for step in steps:
+        if stop is not None and stop.is_set():
+            return
+        try:
+            step(session)
+        except Exception:
+            return

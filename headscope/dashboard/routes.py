@@ -44,8 +44,17 @@ class Route:
     head: int | None = None
 
 
-def parse_path(pathname: str | None) -> Route:
-    path = (pathname or "/").rstrip("/") or "/"
+#: Paths longer than this are not pages (and are not echoed back in full).
+MAX_PATH_CHARS = 2_000
+
+
+def parse_path(pathname: object) -> Route:
+    """The route of a path; anything that is not a string (or is huge) is `missing`."""
+    if pathname is None:
+        pathname = "/"
+    if not isinstance(pathname, str) or len(pathname) > MAX_PATH_CHARS:
+        return Route("missing")
+    path = pathname.rstrip("/") or "/"
     if path == "/":
         return Route("overview")
     match = _HEAD.match(path)
@@ -59,9 +68,10 @@ def parse_path(pathname: str | None) -> Route:
     return Route("missing")
 
 
-def prompt_from_search(search: str | None) -> str | None:
-    """The `prompt` query parameter of a URL's search string, if any."""
-    if not search:
+def prompt_from_search(search: object) -> str | None:
+    """The `prompt` query parameter of a URL's search string, if any (None for
+    anything that is not a string)."""
+    if not search or not isinstance(search, str):
         return None
     values = parse_qs(search.lstrip("?"), keep_blank_values=True).get("prompt")
     return values[0] if values else None

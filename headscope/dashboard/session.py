@@ -9,6 +9,7 @@ work but never state (each session keeps its own prompt in a dcc.Store).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -27,6 +28,14 @@ T = TypeVar("T")
 
 MAX_PROMPT_CHARS = 20_000
 DEFAULT_MAX_TOKENS = 512
+#: Longest prompt (tokens) the Flow page solves attention flow for exactly, for models
+#: with three or more layers (one or two layers have a closed form, any length). Exact
+#: flow on dense attention grows faster than N^3. Measured on minilm (6 layers, dense
+#: maps, this project's 2-core machine): 1.9 / 3.8 / 7.0 s at 32 / 40 / 48 tokens when
+#: idle (4.4 s at 40 with the content-free baseline's flow), 7 / 12-15 / 25-40 s under a
+#: load of 7; the issue measured 28 s at 64 and over 120 s at 128 tokens, and 512 would
+#: take hours. 40 is the largest N that stays near 5 s on an idle machine.
+DEFAULT_MAX_FLOW_TOKENS = 40
 
 
 class _ModelResults:
@@ -64,17 +73,27 @@ class ModelUnavailableError(HeadscopeError):
 
 
 def check_prompt_text(prompt: object) -> str:
-    """The prompt as a string; InputError when missing, blank or huge."""
+    """The prompt as a string; InputError when missing, blank, huge or not valid
+    Unicode text (a lone surrogate, which no tokenizer or JSON encoder takes)."""
     if not isinstance(prompt, str):
         raise InputError("no prompt yet: type some text and press Run")
-    if not prompt.strip():
-        raise InputError("the prompt is empty: type some text and press Run")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InputError(
             f"the prompt has {len(prompt):,} characters; the dashboard takes at most "
             f"{MAX_PROMPT_CHARS:,}"
         )
+    if not prompt.strip():
+        raise InputError("the prompt is empty: type some text and press Run")
+    bad = _SURROGATE.search(prompt)
+    if bad is not None:
+        raise InputError(
+            f"the prompt is not valid text: character {bad.start()} is a lone surrogate "
+            f"(U+{ord(bad.group()):04X}); retype that part of it"
+        )
     return prompt
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(eq=False)
@@ -127,6 +146,7 @@ class ModelSession:
         max_prompts: int = 32,
         max_bytes: int = 1 << 30,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_flow_tokens: int = DEFAULT_MAX_FLOW_TOKENS,
     ) -> None:
         if model is None and load_error is None:
             raise ValueError("a session needs a model or the reason it has none")
@@ -134,6 +154,7 @@ class ModelSession:
         self.name = name or (model.spec.name if model is not None else "unknown")
         self.load_error = load_error
         self.max_tokens = max_tokens
+        self.max_flow_tokens = max_flow_tokens
         self.lock = threading.RLock()
         self.prompts: LRUCache[PromptState] = LRUCache(
             max_prompts, max_bytes=max_bytes, size_of=lambda state: state.nbytes

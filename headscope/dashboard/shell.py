@@ -15,7 +15,7 @@ from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from headscope.dashboard import routes
 from headscope.dashboard.components import card
 from headscope.dashboard.examples import default_prompt
-from headscope.dashboard.messages import alert, describe
+from headscope.dashboard.messages import alert, describe, guarded, safe_text
 from headscope.dashboard.session import ModelSession
 from headscope.errors import HeadscopeError
 
@@ -93,18 +93,20 @@ def layout(session: ModelSession) -> html.Div:
 
 def resolve_prompt(
     session: ModelSession,
-    trigger: str | None,
-    search: str | None,
-    typed: str | None,
-    stored: dict | None,
+    trigger: object,
+    search: object,
+    typed: object,
+    stored: object,
 ) -> tuple:
     """Decide the session's prompt after a Run click or a URL change.
 
     Returns (store, url search, prompt box value, info line, message); dash's
     `no_update` where nothing changes. A prompt that fails validation (empty,
-    too long for the context) is not stored: the message says why.
+    too long for the context, not valid text) is not stored: the message says
+    why. Values of the wrong type (the browser sends JSON) count as missing.
     """
     current = stored.get("prompt") if isinstance(stored, dict) else None
+    current = current if isinstance(current, str) else None
     from_url = routes.prompt_from_search(search)
     if trigger == "prompt-run":
         candidate, typed_now = typed, True
@@ -116,8 +118,10 @@ def resolve_prompt(
         message = alert(describe(error))
         if typed_now:
             return no_update, no_update, no_update, no_update, message
-        # A bad prompt in a shared URL: say so, and keep the box showing it.
-        return no_update, no_update, candidate, no_update, message
+        # A bad prompt in a shared URL: say so, and keep the box showing it (as
+        # text the browser can take back).
+        shown = safe_text(candidate) if isinstance(candidate, str) else no_update
+        return no_update, no_update, shown, no_update, message
     info = prompt_info(session, candidate, batch.lengths[0])
     store = (
         no_update
@@ -185,7 +189,7 @@ def prompt_info(session: ModelSession, text: str, n_tokens: int) -> str | list:
     return children
 
 
-def render_page(pages: dict[str, Callable[[], list]], pathname: str | None) -> list:
+def render_page(pages: dict[str, Callable[[], list]], pathname: object) -> list:
     """The content of the page at `pathname` (a "not found" card for unknown paths).
 
     Only called when the page kind changes: a client-side callback compares
@@ -196,11 +200,21 @@ def render_page(pages: dict[str, Callable[[], list]], pathname: str | None) -> l
         return [
             card(
                 "Page not found",
-                html.P(f"There is no page at {pathname!s}."),
+                html.P(f"There is no page at {_shown_path(pathname)}."),
                 html.P("Pick a page from the links above."),
             )
         ]
     return pages[route.kind]()
+
+
+def _shown_path(pathname: object) -> str:
+    if isinstance(pathname, str):
+        return safe_text(pathname, limit=200)
+    return f"{type(pathname).__name__} (not a path)"
+
+
+def _page_failed(message: str) -> list:
+    return [card("This page failed", alert(message))]
 
 
 #: Client-side helpers (inlined into the page, see theme.INDEX_STRING): the page
@@ -231,6 +245,7 @@ def register(app: Dash, session: ModelSession, pages: dict[str, Callable[[], lis
         State("prompt-input", "value"),
         State("prompt-store", "data"),
     )
+    @guarded(lambda m: (no_update, no_update, no_update, no_update, alert(m)), "the prompt box")
     def _sync_prompt(_clicks, search, typed, stored):
         result = resolve_prompt(session, ctx.triggered_id, search, typed, stored)
         if session.load_error:
@@ -256,6 +271,7 @@ def register(app: Dash, session: ModelSession, pages: dict[str, Callable[[], lis
     )
 
     @app.callback(Output("page-content", "children"), Input("page-path", "data"))
+    @guarded(_page_failed, "the page")
     def _route(pathname):
         return render_page(pages, pathname)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, dcc, html
 
 from headscope.dashboard import results
-from headscope.dashboard.background import POLL_INTERVAL_MS
+from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block
 from headscope.dashboard.inputs import check_head, choice
 from headscope.dashboard.messages import alert, describe, guarded
@@ -241,6 +241,10 @@ def head_spectra_figure(session: ModelSession, layer: int, head: int):
     return figure
 
 
+def _composition_failed(message: str) -> tuple:
+    return message_figure(message), alert(message)
+
+
 def register(app: Dash, session: ModelSession, manager) -> None:
     @app.callback(
         Output("spec-spectra", "figure"),
@@ -277,10 +281,10 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         cancel=[Input("spec-cancel", "n_clicks")],
         prevent_initial_call="initial_duplicate",
     )
+    @on_death(_composition_failed, "the composition job")
     def _composition(set_progress, kind):
         set_progress(("0", "1", f"computing {choice(kind, KINDS, 'K')}-composition scores…"))
         try:
             return composition_output(session, kind)
         except Exception as error:
-            message = describe(error, "the composition scores")
-            return message_figure(message), alert(message)
+            return _composition_failed(describe(error, "the composition scores"))

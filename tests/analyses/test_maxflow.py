@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import networkx as nx
@@ -178,3 +179,61 @@ def test_a_failing_job_leaves_no_worker_process(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(RuntimeError, match="job failed"):
         pairwise_max_flow(ahat, workers=2)
     assert not multiprocessing.active_children()
+
+
+_ORPHAN_SCRIPT = """
+import sys
+import numpy as np
+from headscope.analyses import maxflow
+if sys.argv[1] == "unguarded":  # the behaviour before workers died with their parent
+    maxflow._die_with_parent = lambda parent_pid: None
+rng = np.random.default_rng(0)
+ahat = rng.dirichlet(np.full(300, 0.3), size=(6, 300))  # ~3 s in the shared stage, 2 workers
+maxflow.pairwise_max_flow(ahat, workers=2)
+"""
+
+
+def _worker_pids_after_parent_killed(mode: str) -> tuple[list[int], list[int]]:
+    """Start a process solving a big input with workers=2, SIGKILL it once its pool is up;
+    (the worker pids, those still alive 5 s later)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, mode])
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            workers = psutil.Process(parent.pid).children()
+            time.sleep(0.01)
+        assert len(workers) == 2, "the pool never started"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+
+        def alive(worker: psutil.Process) -> bool:
+            try:
+                return worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.monotonic() + 5
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [w.pid for w in workers if alive(w)]
+        for worker in workers:
+            if alive(worker):
+                worker.kill()
+        return [w.pid for w in workers], left
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_workers_die_when_their_parent_is_killed() -> None:
+    pids, left = _worker_pids_after_parent_killed("guarded")
+    assert len(pids) == 2 and left == []

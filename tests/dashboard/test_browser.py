@@ -234,3 +234,31 @@ def test_encoder_playground_shows_embedding_similarity(dash_duo, minilm_model, a
     idle(dash_duo)
     shot(dash_duo, artifacts, "minilm-playground-gated")
     assert dash_duo.get_logs() == []
+
+
+def _sleep_long(*args, **kwargs):
+    time.sleep(120)
+
+
+def test_a_killed_background_job_shows_a_message(dash_duo, toy_model, monkeypatch, tmp_path):
+    """The job process of the flow page is killed (as by the OOM killer): the page
+    says so and its progress bar goes away, instead of staying idle."""
+    import os
+    import signal
+
+    from headscope.dashboard import flow
+
+    monkeypatch.setattr(flow, "flow_page", _sleep_long)  # inherited by the forked job
+    app = create_app(model=toy_model, warm_up=False, cache_dir=tmp_path)
+    dash_duo.start_server(app)
+    dash_duo.wait_for_page(dash_duo.server_url + "/flow")
+    dash_duo.wait_for_style_to_equal("#flow-progress-block", "display", "flex", timeout=30)
+    jobs = app.headscope_manager.running_jobs
+    until(lambda: len(jobs()) == 1, timeout=20)
+    time.sleep(1)  # the page has settled on its last job
+    for pid in jobs():
+        os.kill(pid, signal.SIGKILL)
+    dash_duo.wait_for_contains_text("#flow-notes", "stopped without a result", timeout=30)
+    assert "SIGKILL" in dash_duo.find_element("#flow-notes").text
+    dash_duo.wait_for_style_to_equal("#flow-progress-block", "display", "none", timeout=10)
+    assert dash_duo.get_logs() == []

@@ -493,3 +493,32 @@ def test_position_page_explains_the_rule_and_short_prompts(toy_session):
     assert sinks.data[1].name == "sink (≥ 4× uniform)"
     # the slider is a ratio: junk falls back to the default, values are clipped
     assert position.check_ratio("<b>") == 4.0 and position.check_ratio(0.3) == 1.0
+
+
+@pytest.mark.slow
+def test_flow_page_bounds_exact_flow_by_prompt_length(minilm_model):
+    """Exact flow grows faster than N³ on 3+ layers: above the session's bound the
+    page says so and shows rollout only; at or below it, flow as before."""
+    from headscope.dashboard.session import DEFAULT_MAX_FLOW_TOKENS, ModelSession
+
+    assert DEFAULT_MAX_FLOW_TOKENS == 40
+    session = ModelSession(minilm_model, max_flow_tokens=8)
+    store = {"prompt": "The cat sat on the mat because it was tired."}  # 13 tokens
+    n = len(session.state(store["prompt"]).tokens)
+    assert n > 8
+    steps = []
+    figure, chips, notes = flow.flow_outputs(
+        session, store, None, 0.5, progress=lambda *a: steps.append(a[2])
+    )
+    names = set(flow_bars(figure))
+    assert "attention rollout" in names and "attention flow" not in names
+    note = " ".join(texts(notes))
+    assert f"not computed for {n} tokens" in note and "up to 8 tokens" in note
+    assert not any("max-flow" in step for step in steps)  # flow never started
+    assert len(chips) == n  # shaded by rollout
+    # at the bound, flow is computed; one or two layers have no bound (closed form)
+    short = {"prompt": "The cat sat."}
+    assert len(session.state(short["prompt"]).tokens) <= 8
+    figure, _, notes = flow.flow_outputs(session, short, None, 0.5)
+    assert "attention flow" in flow_bars(figure) and "not computed" not in " ".join(texts(notes))
+    assert flow.exact_flow_limit(session, 2) is None and flow.exact_flow_limit(session, 6) == 8

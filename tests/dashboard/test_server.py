@@ -207,19 +207,52 @@ def test_unknown_model_gives_an_app_that_says_why():
         session.state("red cat")
 
 
-def test_run_dashboard_binds_loopback_without_debug(monkeypatch, capsys, toy_model):
-    calls = {}
-    monkeypatch.setattr("dash.Dash.run", lambda self, **kw: calls.update(kw))
-    run_dashboard(toy_model)
-    assert calls == {"host": "127.0.0.1", "port": 8050, "debug": False}
-    out = capsys.readouterr().out
-    assert "http://127.0.0.1:8050/" in out and "warning" not in out
-    run_dashboard(toy_model, host="0.0.0.0", port=9000, debug=True)
-    out = capsys.readouterr().out
-    assert out.count("warning") == 2 and "http://127.0.0.1:9000/" in out
+def test_run_dashboard_binds_loopback_without_debug(monkeypatch, toy_model):
+    """Defaults: 127.0.0.1:8050, debug off; the socket is bound before anything
+    else (the warnings and the URL are checked in test_lifecycle.py)."""
+    import inspect
+
+    from headscope.dashboard import app as app_module
+    from headscope.errors import ServeError
+
+    calls = []
+
+    def fake_listen(host, port):
+        calls.append((host, port))
+        raise ServeError("stop here")
+
+    monkeypatch.setattr(app_module, "listen", fake_listen)
+    with pytest.raises(ServeError, match="stop here"):
+        run_dashboard(toy_model)
+    assert calls == [("127.0.0.1", 8050)]
+    assert inspect.signature(run_dashboard).parameters["debug"].default is False
 
 
 def test_session_load_failure_is_captured():
     session = ModelSession.load("/no/such/dir")
     assert session.model is None and session.spec is None
     assert "not loaded" in shell.model_line(session)
+
+
+def test_browser_values_of_the_wrong_kind_are_refused_or_defaulted(toy_model):
+    from headscope.dashboard.inputs import as_int, check_fraction
+    from headscope.dashboard.messages import alert, safe_text
+    from headscope.dashboard.position import check_ratio
+
+    assert [as_int(v) for v in (3, "4", 5.0, " 6 ")] == [3, 4, 5, 6]
+    for junk in (True, 1.5, float("inf"), float("nan"), "1e3", "9" * 5000, None, [1], {"a": 1}):
+        assert as_int(junk) is None
+    for junk in (10**400, float("inf"), "nan", [0.5], True):
+        assert check_fraction(junk, 0.7) == 0.7 and check_ratio(junk, 3.0) == 3.0
+    with pytest.raises(InputError, match="must be integers"):
+        check_head(toy_model.spec, float("inf"), 0)
+    assert check_index(float("inf"), 5, default=4) == 4
+    assert (
+        routes.parse_path(42).kind == "missing" and routes.parse_path("/" * 3000).kind == "missing"
+    )
+    assert routes.prompt_from_search(12345) is None
+    with pytest.raises(InputError, match="lone surrogate"):
+        check_prompt_text("red \ud800 cat")
+    assert safe_text("a\udc00b") == "a\ufffdb" and safe_text(7) == ""
+    assert len(safe_text("x" * 50, limit=10)) == 11
+    assert alert("bad \ud800").children == "bad \ufffd"
