@@ -30,6 +30,17 @@ ModelOption = Annotated[
 ]
 
 
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: cpu)")
+]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype", help="float32, bfloat16 or float16 (statistics accumulate in float32 anyway)"
+    ),
+]
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"headscope: error: {message}", err=True)
     raise typer.Exit(code)
@@ -49,7 +60,36 @@ def models() -> None:
         "\nOther models:\n"
         "  a local directory written by save_pretrained():  --model /path/to/dir\n"
         "  a Hugging Face hub name, when the hub is reachable:  --model gpt2\n"
-        "Architectures: GPT-2 style, Llama style (RoPE, grouped-query), BERT style encoders."
+        "  saved for offline use beforehand:  headscope pull gpt2 ./gpt2 (then --model ./gpt2)\n"
+        "Architectures: GPT-2 style, Llama style (RoPE, grouped-query), BERT style encoders.\n"
+        "Devices and dtypes: --device cpu|cuda|cuda:N|mps, --dtype float32|bfloat16|float16."
+    )
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="hub name (e.g. gpt2), or a local model to copy")],
+    directory: Annotated[Path, typer.Argument(help="new directory to save the model in")],
+    revision: Annotated[
+        str | None,
+        typer.Option(help="hub branch, tag or commit (e.g. step3000 for a Pythia checkpoint)"),
+    ] = None,
+) -> None:
+    """Save a hub model and its tokenizer as a directory that loads offline (--model DIR)."""
+    try:
+        from headscope.models.loading import load_model, pull_model
+
+        saved = pull_model(name, directory, revision=revision)
+    except HeadscopeError as error:
+        _fail(str(error))
+    try:
+        loaded = load_model(saved)  # the directory loads offline, as it will later
+    except HeadscopeError as error:
+        _fail(f"saved {name} to {saved}, but it does not load: {error}")
+    spec = loaded.spec
+    typer.echo(
+        f"saved {name}{f' ({revision})' if revision else ''} to {saved}: {spec.architecture}, "
+        f"{spec.n_layers} layers x {spec.n_heads} heads; use it offline with --model {saved}"
     )
 
 
@@ -62,8 +102,24 @@ def capture(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="write the record to this directory")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a record already in --out")
+    ] = False,
+    mode: Annotated[
+        str, typer.Option("--mode", help="maps (full attention maps) | stats (streamed statistics)")
+    ] = "maps",
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory", help="refuse work estimated above this (e.g. 8GB; default: free memory)"
+        ),
+    ] = None,
 ) -> None:
     """Capture every head's attention on a prompt and print a per-head summary."""
+    if mode not in ("maps", "stats"):
+        _fail(f"unknown --mode {mode!r}; choose maps or stats")
     if out is not None:
         _check_writable(out)
     if not prompt.strip():
@@ -72,14 +128,18 @@ def capture(
         from headscope.analyses.summary import head_summary
         from headscope.models.loading import load_model
         from headscope.probes.capture import capture as run_capture
+        from headscope.records.io import refuse_existing
 
-        loaded = load_model(model)
-        record = run_capture(loaded, prompt)
         if out is not None:
-            record.save(out)
+            refuse_existing(out, overwrite)  # before the model loads
+        limit = None if max_memory is None else _size(max_memory)
+        loaded = load_model(model, device, dtype=dtype, max_memory=limit)
+        record = run_capture(loaded, prompt, mode=mode, max_memory=limit)  # type: ignore[arg-type]
+        if out is not None:
+            record.save(out, overwrite=overwrite)
     except HeadscopeError as error:
         _fail(str(error))
-    summary = head_summary(record.pattern)
+    summary = head_summary(record.pattern) if mode == "maps" else _stats_summary(record)
     spec = record.spec
     bos = " (BOS prepended)" if record.provenance.prepended_bos else ""
     typer.echo(
@@ -89,16 +149,41 @@ def capture(
     typer.echo(
         f"{'layer':>5} {'head':>4} {'entropy':>8} {'max_wt':>7} {'first_tok':>9} {'prev_tok':>8}"
     )
-    for layer in range(len(record.layer_index)):
-        for head in range(len(record.head_index)):
+    layer_index = getattr(record, "layer_index", range(spec.n_layers))
+    head_index = getattr(record, "head_index", range(spec.n_heads))
+    for layer in range(len(layer_index)):
+        for head in range(len(head_index)):
             typer.echo(
-                f"{record.layer_index[layer]:>5} {record.head_index[head]:>4} "
+                f"{layer_index[layer]:>5} {head_index[head]:>4} "
                 f"{summary.entropy[layer, head]:>8.3f} {summary.max_weight[layer, head]:>7.3f} "
                 f"{summary.first_token[layer, head]:>9.3f} "
                 f"{summary.previous_token[layer, head]:>8.3f}"
             )
     if out is not None:
         typer.echo(f"record written to {out}")
+
+
+def _size(text: str) -> int:
+    from headscope.models.memory import parse_size
+
+    return parse_size(text, name="--max-memory")
+
+
+def _stats_summary(stats):
+    """The head table's numbers from a statistics capture of one prompt: the
+    means over queries that `head_summary` takes of the maps (first token =
+    sink mass on key 0, previous token = queries 1..N-1)."""
+    from headscope.analyses.summary import HeadSummary
+
+    previous = stats.previous_token_mass[..., 1:]
+    return HeadSummary(
+        entropy=stats.entropy.double().mean(-1).float(),
+        max_weight=stats.max_weight.double().mean(-1).float(),
+        first_token=stats.sink_mass.double().mean(-1).float(),
+        previous_token=previous.double().mean(-1).float()
+        if previous.shape[-1]
+        else stats.entropy.new_zeros(stats.entropy.shape[:-1]),
+    )
 
 
 @app.command()
@@ -118,14 +203,20 @@ def report(
             "(auto: a line's target, else a repeat's predictable tokens, else all)"
         ),
     ] = "auto",
-    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path(
-        "headscope-report"
-    ),
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="output directory ('.' for this one)")
+    ] = "headscope-report",
     backend: Annotated[str, typer.Option(help="local | ray")] = "local",
-    workers: Annotated[int, typer.Option(help="ray actors (one model each)")] = 2,
-    address: Annotated[
-        str | None, typer.Option(help="address of a running Ray cluster (default: start one)")
+    workers: Annotated[
+        int | None, typer.Option(help="ray actors, one model each (--backend ray; default 2)")
     ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="address of a running Ray cluster (--backend ray; default: start one)"),
+    ] = None,
+    connect_timeout: Annotated[
+        float, typer.Option(help="seconds a Ray cluster at --address may take to answer")
+    ] = 30.0,
     shard_size: Annotated[int, typer.Option(help="prompts per checkpointed shard")] = 8,
     seeds: Annotated[int, typer.Option(help="Causal Head Gating seeds per shard")] = 5,
     chg_steps: Annotated[int, typer.Option(help="Adam steps per CHG phase")] = 100,
@@ -134,12 +225,24 @@ def report(
         str, typer.Option(help="prompts longer than the context: reject | truncate")
     ] = "reject",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Score every head over a prompt file; write report.html/.json and head_scores.parquet/.csv.
 
-    Resumable: rerunning the same command reuses finished shards.
+    Resumable: rerunning the same command reuses finished shards (each
+    checkpoint is verified first; one that does not verify is recomputed).
     """
-    _check_writable(out)
+    out_dir = _report_out(out)
+    if backend == "local":
+        given = [n for n, v in (("--address", address), ("--workers", workers)) if v is not None]
+        if given:
+            names = " and ".join(given)
+            _fail(f"{names} only apply to the ray backend; add --backend ray or drop {names}")
+    if workers is not None and workers < 1:
+        _fail(f"--workers must be at least 1, got {workers}")
+    if not connect_timeout > 0:
+        _fail(f"--connect-timeout must be positive, got {connect_timeout:g}")
     try:
         from headscope.reports.config import ReportConfig
         from headscope.reports.job import run_report
@@ -155,6 +258,7 @@ def report(
             chg_steps=chg_steps,
             on_long=on_long,  # type: ignore[arg-type]
             on_bad_line=on_bad_line,  # type: ignore[arg-type]
+            **_device_and_dtype(device, dtype, backend),
         )
         if backend not in ("local", "ray"):
             _fail(f"unknown backend {backend!r}; choose local or ray")
@@ -165,17 +269,18 @@ def report(
             warnings.showwarning = _warn_line
             result = run_report(
                 config,
-                out,
+                out_dir,
                 backend=backend,  # type: ignore[arg-type]
-                workers=workers,
+                workers=2 if workers is None else workers,
                 address=address,
+                connect_timeout=connect_timeout,
                 progress=not no_progress,
             )
     except HeadscopeError as error:
         _fail(str(error))
     typer.echo(
         f"{result.computed_shards} shard(s) computed, {result.reused_shards} reused; "
-        f"report written to {out}"
+        f"report written to {out_dir}"
     )
     # Ranked by magnitude, the sign printed with the score; a method whose
     # scores say nothing anywhere is not ranked, and every warning goes to stderr.
@@ -193,6 +298,33 @@ def report(
                 f"{entry.message}",
                 err=True,
             )
+
+
+def _device_and_dtype(device: str, dtype: str, backend: str) -> dict[str, str]:
+    """--device/--dtype checked (DeviceError) and spelled canonically, so that
+    bf16 and bfloat16 make the same report identity."""
+    from headscope.models.loading import parse_device, parse_dtype
+
+    canonical = {
+        "device": str(parse_device(device)),
+        "dtype": str(parse_dtype(dtype)).removeprefix("torch."),
+    }
+    return canonical
+
+
+def _report_out(out: str) -> Path:
+    """The report's output directory: named (not empty) and writable."""
+    if not out.strip():
+        _fail("--out is empty; name an output directory (--out . for this one)")
+    path = Path(out)
+    target = path
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    if target.exists() and not target.is_dir():
+        _fail(f"cannot write the report: {target} is not a directory; choose another --out")
+    if not os.access(target, os.W_OK):
+        _fail(f"cannot write the report: {target} is not writable; choose another --out")
+    return path
 
 
 def _ranked_head(row: dict) -> str:
@@ -214,21 +346,31 @@ def dashboard(
         bool, typer.Option("--debug", help="Dash debug mode (allows running code: never expose)")
     ] = False,
     max_tokens: Annotated[int, typer.Option(help="longest prompt accepted, in tokens")] = 512,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Serve the interactive dashboard in the browser (prints its URL)."""
     if not 0 < port < 65536:
         _fail(f"port must be between 1 and 65535, got {port}")
+    if max_tokens < 1:
+        _fail(f"--max-tokens must be at least 1, got {max_tokens}")
     try:
         from headscope.dashboard.app import run_dashboard
         from headscope.models.loading import load_model
 
-        loaded = load_model(model)
+        loaded = load_model(model, device, dtype=dtype)
     except HeadscopeError as error:
         _fail(str(error))
+    # Binds before printing the URL (ServeError: port in use, bad host); Ctrl+C and
+    # SIGTERM stop it cleanly (exit 130 / 143).
     try:
-        run_dashboard(loaded, host=host, port=port, debug=debug, max_tokens=max_tokens)
-    except OSError as error:
-        _fail(f"cannot serve on {host}:{port}: {error.strerror or error}")
+        run_dashboard(
+            loaded, host=host, port=port, debug=debug, max_tokens=max_tokens, exit_process=True
+        )
+    except HeadscopeError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,7 +22,23 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import HubUnreachableError, InputError, ModelNotFoundError
+from headscope.errors import (
+    DeviceError,
+    HubUnreachableError,
+    InputError,
+    ModelFileError,
+    ModelNotFoundError,
+    OutputError,
+)
+from headscope.models.memory import (
+    SafetensorsFormatError,
+    check_fits,
+    checkpoint_size,
+    format_bytes,
+    parse_size,
+    safetensors_header,
+    weights_estimate,
+)
 from headscope.models.spec import ModelSpec
 from headscope.models.tokens import (
     AddedTokens,
@@ -77,6 +95,14 @@ class HeadscopeModel:
     def device(self) -> torch.device:
         return next(self.bridge.original_model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point weights."""
+        for parameter in self.bridge.original_model.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+        return torch.float32
+
     @cached_property
     def weights_hash(self) -> str:
         """sha256 over the model's parameters and buffers (names, dtypes, shapes, bytes)."""
@@ -97,9 +123,18 @@ class HeadscopeModel:
         Raises InputError for empty prompts, prompts longer than the model's
         context (`max_length`, default `spec.n_ctx`), or ids outside the vocabulary.
         """
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
+            raise InputError(f"max_length must be a whole number >= 1, got {max_length!r}")
         limit = max_length or self.spec.n_ctx
         if isinstance(inputs, Tensor):
             return self._check_ids(inputs, limit)
+        if not isinstance(inputs, (str, list, tuple)):
+            raise InputError(
+                "inputs must be a prompt string, a list of prompts or a token-id tensor, "
+                f"got {type(inputs).__name__}"
+            )
         single = isinstance(inputs, str)
         texts = [inputs] if single else list(inputs)
         if not texts:
@@ -143,7 +178,7 @@ class HeadscopeModel:
         return word_vocabulary(self.tokenizer)
 
     def _check_ids(self, ids: Tensor, limit: int) -> TokenBatch:
-        if ids.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
             raise InputError(f"token ids must be an integer tensor, got {ids.dtype}")
         single = ids.dim() == 1
         if ids.dim() not in (1, 2):
@@ -275,8 +310,8 @@ def _not_found_message(name: str) -> str:
     return (
         f"model {name!r} is not a built-in model ({', '.join(BUILTINS)}) or a local directory, "
         f"and the Hugging Face hub cannot be reached from here.{hint} To use a hub model offline, "
-        "save it with save_pretrained() on a machine with network and load the directory: "
-        "headscope.load_model('/path/to/dir')."
+        "save it on a machine with network (`headscope pull NAME DIR`, or save_pretrained() "
+        "of the model and its tokenizer) and load the directory: headscope.load_model('DIR')."
     )
 
 
@@ -284,15 +319,42 @@ def load_model(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
+    max_memory: int | str | None = None,
 ) -> HeadscopeModel:
     """Load a model for inspection: a built-in name, a local `save_pretrained`
     directory, or a hub name (needs the hub). Returns a `HeadscopeModel` with
     `.bridge` (transformer-lens TransformerBridge, eval mode), `.spec`, `.tokenizer`.
 
-    Raises ModelNotFoundError / HubUnreachableError with a one-line explanation.
+    `device`: "cpu", "cuda", "cuda:N" or "mps" (or a torch.device); `dtype`:
+    float32, bfloat16 or float16 (a torch.dtype or its name). Capture statistics
+    are accumulated in float32 whatever the model's dtype.
+
+    A local directory is checked before anything is loaded: config.json (a JSON
+    object with a model_type), safetensors headers against the file sizes
+    (truncated, corrupt, or a pickle under a safetensors name), a tokenizer.
+    Weights are read from safetensors, or from a `.bin` only through torch's
+    `weights_only` loader (a pickle it refuses is reported, never run). The
+    weights' size in `dtype` (from the safetensors headers) must fit in the
+    memory available on `device`, or in `max_memory` (bytes or e.g. "8GB");
+    hub names are not estimated before their download (pull them first).
+
+    Raises ModelNotFoundError / HubUnreachableError / ModelFileError (a corrupt
+    directory, naming the file), DeviceError (an unknown dtype or device, or CUDA
+    or MPS not available here), MemoryLimitError, each with a one-line message.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise InputError(
+            "name_or_path must name a model: a built-in name, a directory or a hub name, "
+            f"got {name_or_path!r}"
+        )
+    device = parse_device(device)
+    dtype = parse_dtype(dtype)
+    limit = None if max_memory is None else parse_size(max_memory)
     name, path = _resolve(name_or_path)
+    if path is not None:
+        check_model_dir(path)
+        _check_weights_fit(path, device, dtype, limit)
     if path is None and _hub_offline():
         raise HubUnreachableError(_not_found_message(name))
     source = str(path) if path is not None else name
@@ -325,6 +387,16 @@ def _boot(source: str, *, device: Any, dtype: torch.dtype):
     logging.getLogger().setLevel(logging.ERROR)  # TL logs alias deprecations at WARNING
     try:
         bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+    except Exception as error:
+        if isinstance(error, ValueError) and "supported architecture" in str(error):
+            from headscope.errors import UnsupportedModelError  # transformer-lens lacks it
+
+            names = getattr(hf_config, "architectures", None) or [hf_config.model_type]
+            raise UnsupportedModelError.for_architecture(names[0]) from None
+        problem = _weights_problem(source, error)
+        if problem is None:
+            raise
+        raise ModelFileError(problem) from None
     finally:
         logging.getLogger().setLevel(previous)
     bridge.eval()
@@ -369,3 +441,350 @@ def _spec(name: str, bridge: Any, tokenizer: Any, hf_config: Any, builtin: Any) 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad if pad is not None else tokenizer.eos_token_id,
     )
+
+
+# -- devices and dtypes ----------------------------------------------------------------------
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """float32, bfloat16 or float16, from a torch.dtype or its name (`bf16`,
+    `fp16`, `torch.bfloat16` also work); DeviceError for anything else."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        shown = str(dtype).removeprefix("torch.")
+    elif isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in DTYPES:
+            return DTYPES[key]
+        shown = dtype
+    else:
+        shown = repr(dtype)
+    raise DeviceError(f"unknown dtype {shown!r}; choose float32, bfloat16 or float16")
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """cpu, cuda, cuda:N or mps, checked against this machine: DeviceError for
+    an unknown device, CUDA without a CUDA GPU (or a cuda:N beyond the last
+    one), MPS without MPS."""
+    if isinstance(device, torch.device):
+        text = str(device)
+    elif isinstance(device, str):
+        text = device.strip().lower()
+    else:
+        raise DeviceError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise DeviceError(f"unknown device {text[:40]!r}; choose cpu, cuda, cuda:N or mps")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {text!r} needs CUDA, which is not available here (torch "
+                f"{torch.__version__} finds no CUDA GPU); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise DeviceError(
+                f"device {text!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(
+            "device 'mps' needs Apple's Metal (MPS), which is not available here; use --device cpu"
+        )
+    return torch.device(text)
+
+
+# -- model directories -----------------------------------------------------------------------
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+_RESAVE = "save the model again with save_pretrained() or `headscope pull`"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def check_model_dir(path: Path) -> None:
+    """Check a model directory's files before anything is loaded (see
+    `load_model`); ModelFileError naming the file and what to do."""
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{config_file} is not text (not a JSON file); {_RESAVE}") from None
+    except json.JSONDecodeError as error:
+        raise ModelFileError(
+            f"{config_file} is not valid JSON ({error.msg} at line {error.lineno}); {_RESAVE}"
+        ) from None
+    except OSError as error:
+        raise ModelFileError(f"cannot read {config_file}: {error.strerror or error}") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(
+            f"{config_file} holds a JSON {type(config).__name__}, not an object of model "
+            f"settings; {_RESAVE}"
+        )
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise ModelFileError(
+            f"{config_file} has no model_type, so the architecture is unknown; add the "
+            'model\'s "model_type" (e.g. "gpt2", "llama", "gpt_neox") or ' + _RESAVE
+        )
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            safetensors_header(file)
+        except SafetensorsFormatError as problem:
+            if problem.pickle:
+                action = (
+                    "headscope never loads pickles under a safetensors name; convert it with "
+                    "safetensors.torch.save_file, or " + _RESAVE
+                )
+            else:
+                action = "download or copy it again, or " + _RESAVE
+            raise ModelFileError(f"{file} {problem}; {action}") from None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ModelFileError(f"{index} is not a valid weight index; {_RESAVE}") from None
+        missing = sorted(shard for shard in shards if not (path / str(shard)).is_file())
+        if missing:
+            raise ModelFileError(
+                f"{index} lists {', '.join(missing[:3])}, missing from {path}; copy every "
+                f"shard the index names, or {_RESAVE}"
+            )
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelFileError(
+            f"{path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES[:4])}, ...); save "
+            "it beside the weights with tokenizer.save_pretrained(dir), or use `headscope pull`"
+        )
+
+
+def _check_weights_fit(
+    path: Path, device: torch.device, dtype: torch.dtype, max_memory: int | None
+) -> None:
+    """MemoryLimitError when the weights, in `dtype`, do not fit on `device`."""
+    size = checkpoint_size(path)
+    if size is None:
+        return
+    floats, other = size
+    estimate = weights_estimate(floats, dtype, other)
+
+    def options(fits) -> list[str]:
+        found = []
+        for name, smaller in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+            if smaller.itemsize < dtype.itemsize:
+                alternative = weights_estimate(floats, smaller, other)
+                if fits(alternative):
+                    found.append(f"dtype {name} (about {format_bytes(alternative.total)})")
+        return found
+
+    check_fits(
+        estimate, device=device, what=f"loading {path}", max_memory=max_memory, options=options
+    )
+
+
+def _weights_problem(source: str, error: Exception) -> str | None:
+    """A one-line description of a weights file the loader could not use, or
+    None when `error` is not about the files."""
+    import pickle
+
+    text = _one_line(error)
+    path = Path(source)
+    if isinstance(error, pickle.UnpicklingError) or "weights only load failed" in text.lower():
+        files = ", ".join(f.name for f in sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")))
+        where = f"{path}/{files}" if files and path.is_dir() else source
+        found = re.search(r"unsupported GLOBAL ([\w.]+)", text)
+        detail = f" (it would call {found.group(1)})" if found else ""
+        return (
+            f"{where} is a pickle that torch's safe loader (weights_only) refuses{detail}; "
+            "headscope does not run pickles: get the weights as safetensors, or save the "
+            "model with save_pretrained() where you trust it"
+        )
+    if type(error).__name__ == "SafetensorError":
+        return f"the safetensors weights in {source} cannot be read ({text}); {_RESAVE}"
+    if isinstance(error, RuntimeError) and (
+        "ignore_mismatched_sizes" in text or "size mismatch" in text
+    ):
+        mismatch = _shape_mismatch(path) if path.is_dir() else None
+        detail = f": {mismatch}" if mismatch else ""
+        return (
+            f"the weights in {source} do not fit its config.json{detail}; the directory mixes "
+            f"files of different models: {_RESAVE}"
+        )
+    if isinstance(error, RuntimeError) and (
+        "PytorchStreamReader" in text or "zip archive" in text or "unexpected EOF" in text
+    ):
+        return f"a weights file in {source} is truncated or corrupt ({text[:120]}); {_RESAVE}"
+    return None
+
+
+def _shape_mismatch(path: Path) -> str | None:
+    """`'h.0.attn.c_attn.weight' is [32, 96] in model.safetensors but the config
+    gives [64, 192]` for the first such tensor, found by building the model on
+    the meta device (no memory); None when it cannot be told."""
+    try:
+        import transformers
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path)
+        names = list(getattr(config, "architectures", None) or [])
+        model_class = getattr(transformers, names[0], None) if names else None
+        if model_class is None:
+            return None
+        with torch.device("meta"):
+            model = model_class(config)
+        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+        for file in sorted(path.glob("*.safetensors")):
+            for key, entry in safetensors_header(file).items():
+                if key == "__metadata__":
+                    continue
+                want = expected.get(key)
+                if want is None:
+                    prefix = getattr(model, "base_model_prefix", "")
+                    want = expected.get(f"{prefix}.{key}") or expected.get(
+                        key.removeprefix(f"{prefix}.")
+                    )
+                if want is not None and list(entry["shape"]) != want:
+                    return (
+                        f"{key!r} is {list(entry['shape'])} in {file.name} but the config "
+                        f"gives {want}"
+                    )
+    except Exception:
+        return None
+    return None
+
+
+# -- offline preparation ---------------------------------------------------------------------
+
+
+def pull_model(name: str, directory: str | os.PathLike, *, revision: str | None = None) -> Path:
+    """Save a hub model (or a built-in or local one) and its tokenizer as a
+    directory that `load_model` reads offline: safetensors weights in the
+    checkpoint's own dtype, config.json, the tokenizer files.
+
+    `revision`: a hub branch, tag or commit (a Pythia training step such as
+    `step3000`). The files are written to a temporary sibling and renamed into
+    place, so an interrupted pull leaves no half directory. Pickled `.bin`
+    checkpoints are read with torch's `weights_only` loader only.
+
+    Raises HubUnreachableError (one line) when the model would come from the
+    hub and the hub cannot be reached (HF_HUB_OFFLINE set, no network),
+    ModelNotFoundError when the hub has no such model or revision, OutputError
+    when `directory` exists and is not empty.
+    """
+    import shutil
+
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"name a model to pull, got {name!r}")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise InputError(f"revision must name a branch, tag or commit, got {revision!r}")
+    target = Path(directory).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OutputError(f"{target} already exists and is not an empty directory; choose another")
+    local = BUILTINS[name].path() if name in BUILTINS else Path(name).expanduser()
+    if local.is_dir():
+        if revision is not None:
+            raise InputError(f"--revision applies to hub names; {name} is a local model")
+        _resolve(local)
+        check_model_dir(local)
+        source = str(local)
+    elif name.startswith((".", "/", "~")) or local.exists():
+        raise ModelNotFoundError(f"no model directory at {local}")
+    elif _hub_offline():
+        raise HubUnreachableError(
+            f"cannot pull {name!r}: the Hugging Face hub cannot be reached from here "
+            "(HF_HUB_OFFLINE is set); run `headscope pull` on a machine with network and "
+            f"copy {target} here"
+        )
+    else:
+        source = name
+    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _download(source, staging, revision)
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _pull_error(name, revision, error) from None
+    except ValueError as error:  # transformers: an unknown model type, a bad config
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelNotFoundError(f"could not pull {name!r}: {_one_line(error)[:200]}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _download(source: str, staging: Path, revision: str | None) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # config checks on save would clutter the CLI's output
+    try:
+        _save_copy(source, staging, revision)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _save_copy(source: str, staging: Path, revision: str | None) -> None:
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source, revision=revision)
+    names = list(getattr(config, "architectures", None) or [])
+    model_class = getattr(transformers, names[0], None) if names else None
+    if model_class is None:
+        model_class = AutoModelForCausalLM if getattr(config, "is_decoder", True) else AutoModel
+    try:
+        model = model_class.from_pretrained(source, revision=revision, dtype="auto")
+    except Exception as error:
+        problem = _weights_problem(source, error)
+        if problem is None:
+            raise
+        raise ModelFileError(problem) from None
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging)  # safetensors
+    tokenizer.save_pretrained(staging)
+
+
+def _pull_error(name: str, revision: str | None, error: OSError) -> Exception:
+    text = _one_line(error)
+    lower = text.lower()
+    if "no space left" in lower or isinstance(error, PermissionError):
+        return OutputError(f"cannot write the model: {error.strerror or text}")
+    if "revision" in lower or "git identifier" in lower:
+        return ModelNotFoundError(
+            f"{name!r} has no revision {revision!r} on the hub; check the branch, tag or commit"
+        )
+    if "gated" in lower or "401" in lower or "403" in lower:
+        return ModelNotFoundError(
+            f"{name!r} is gated on the hub: accept its license on huggingface.co, then log in "
+            "(`hf auth login` or HF_TOKEN) and pull again"
+        )
+    if "connect" in lower or "offline" in lower or "cached files" in lower or "resolve" in lower:
+        return HubUnreachableError(
+            f"cannot pull {name!r}: the Hugging Face hub cannot be reached from here ({text[:120]})"
+        )
+    return ModelNotFoundError(f"could not pull {name!r}: {text[:200]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -12,8 +13,16 @@ import torch
 from torch import Tensor
 
 from headscope.errors import InputError
-from headscope.kernels.tiled import TiledAttentionResult
+from headscope.kernels.tiled import TiledAttentionResult, default_query_tile
 from headscope.models.loading import HeadscopeModel, Inputs
+from headscope.models.memory import (
+    MemoryEstimate,
+    capture_estimate,
+    check_fits,
+    format_bytes,
+    largest_fitting,
+    parse_size,
+)
 from headscope.models.tokens import TokenBatch
 from headscope.probes.fast_attention import instrumented_attention
 from headscope.probes.run import run
@@ -34,19 +43,26 @@ def resolve_heads(
 
     `heads` is None (all), a list of head indices (in every kept layer), or a
     list of (layer, head) pairs (the grid is their layers × their heads, and
-    only the pairs are filled). Raises InputError for out-of-range indices.
+    only the pairs are filled). Indices are whole numbers (bools, floats and
+    strings are refused, not rounded); `layers` and `heads` are lists, tuples,
+    ranges or 1-d integer arrays. Raises InputError naming the argument for
+    anything else and for out-of-range indices.
     """
     n_layers, n_heads = spec.n_layers, spec.n_heads
-    layer_list = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    layer_list = (
+        list(range(n_layers))
+        if layers is None
+        else [_index(x, "layers") for x in _index_list(layers, "layers", "layer")]
+    )
     pairs: list[tuple[int, int]] | None = None
     if heads is None:
         head_list = list(range(n_heads))
     else:
-        items = list(heads)
+        items = _index_list(heads, "heads", "head")
         if not items:
             raise InputError("heads must name at least one head")
         if all(isinstance(h, (tuple, list)) and len(h) == 2 for h in items):
-            pairs = sorted({(int(a), int(b)) for a, b in items})
+            pairs = sorted({(_index(a, "heads"), _index(b, "heads")) for a, b in items})
             if layers is None:
                 layer_list = sorted({a for a, _ in pairs})
             else:
@@ -54,8 +70,8 @@ def resolve_heads(
                 if not pairs:
                     raise InputError("none of the requested (layer, head) pairs is in `layers`")
             head_list = sorted({b for _, b in pairs})
-        elif all(isinstance(h, int) for h in items):
-            head_list = sorted({int(h) for h in items})
+        elif not any(isinstance(h, (tuple, list)) for h in items):
+            head_list = sorted({_index(h, "heads") for h in items})
         else:
             raise InputError("heads must be a list of head indices or of (layer, head) pairs")
     if not layer_list:
@@ -73,6 +89,42 @@ def resolve_heads(
     if requested is not None and len(requested) == len(layer_list) * len(head_list):
         requested = None  # the pairs fill the grid: nothing is missing
     return tuple(layer_list), tuple(head_list), requested
+
+
+def _index_list(value: Any, name: str, what: str) -> list:
+    """The items of a list/tuple/range (or 1-d tensor / numpy array) argument;
+    InputError for a bare number, a string, a dict or anything else."""
+    if isinstance(value, (list, tuple, range)):
+        return list(value)
+    array = isinstance(value, Tensor) or type(value).__module__ == "numpy"
+    if array and getattr(value, "ndim", None) == 1:
+        return list(value)
+    raise InputError(
+        f"{name} must be a list of {what} indices, e.g. {name}=[1], "
+        f"got {type(value).__name__} {value!r:.40}"
+    )
+
+
+def _index(value: Any, name: str) -> int:
+    """A whole-number index; bools, floats and strings are refused, not rounded."""
+    if isinstance(value, (bool, float, str, bytes)) or (
+        isinstance(value, Tensor) and (value.is_floating_point() or value.dtype == torch.bool)
+    ):
+        raise InputError(f"{name} must hold whole numbers, got {value!r:.40}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{name} must hold whole numbers, got {value!r:.40}") from None
+
+
+def _whole(value: Any, name: str, minimum: int, *, optional: bool = False) -> int | None:
+    """An int argument >= `minimum` (None allowed when `optional`)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = " or None" if optional else ""
+        raise InputError(f"{name} must be a whole number >= {minimum}{allowed}, got {value!r:.40}")
+    return value
 
 
 def padding_mask(batch: TokenBatch) -> Tensor:
@@ -96,6 +148,7 @@ def capture(
     sink_k: int = 1,
     top_k: int | None = None,
     query_tile: int | None = None,
+    max_memory: int | str | None = None,
 ) -> AttentionRecord | HeadStats:
     """Run `model` on `inputs` and keep per-head attention.
 
@@ -106,16 +159,20 @@ def capture(
     `mode="maps"` (default) returns an `AttentionRecord` of the chosen heads
     (`layers` / `heads` restrict what is kept, see `resolve_heads`); only those
     maps are ever materialized. Memory: 4·kept_layers·kept_heads·batch·N² bytes
-    for the result plus one query tile of scores per layer call.
+    for the result (filled in place, layer by layer) plus one query tile of
+    scores per layer call and one layer's kept maps in the kernel.
 
     `mode="stats"` returns a `HeadStats` record: per (layer, head, query)
     entropy, max weight, argmax key, mass on the first `sink_k` keys,
     previous-token mass and mean distance, per (layer, head) the distance
     histogram, key mass and key visibility, streamed one query tile at a time,
     so no N × N map exists for more than one tile. `top_k` adds each query's
-    top keys (a sparse map). When `layers` or `heads` is given, the maps of
-    those heads come along as `stats.maps`. Memory: O(layers·heads·batch·N)
-    plus the tile buffers.
+    top keys (a sparse map; capped at the number of keys, with a warning).
+    When `layers` or `heads` is given, the maps of those heads come along as
+    `stats.maps`. Memory: O(layers·heads·batch·N) plus the tile buffers.
+
+    Whatever the model's dtype (float32, bfloat16, float16), scores, softmax,
+    maps and statistics are computed and accumulated in float32.
 
     `kernel="tiled"` (default) runs headscope's query-tiled kernel
     (`kernels.tiled`) inside the model's attention layers; `kernel="eager"`
@@ -125,6 +182,13 @@ def capture(
     ran) and raises InputError for stats. Grouped-query models give one map per
     query head. Either way the forward stops after the last attention layer the
     capture reads, so no logits (an [N, vocab] tensor) are computed.
+
+    Before running, the memory the capture needs is estimated
+    (`models.memory.capture_estimate`) and compared with the memory available
+    on the model's device, or with `max_memory` (bytes or e.g. "8GB"); a
+    capture that does not fit raises MemoryLimitError naming the estimate and
+    the options that fit (stats mode, fewer heads, shorter or fewer prompts).
+    Bad arguments raise InputError naming the argument.
     """
     if mode not in ("maps", "stats"):
         raise InputError(f"unknown capture mode {mode!r}; choose 'maps' or 'stats'")
@@ -132,22 +196,42 @@ def capture(
         raise InputError(f"unknown kernel {kernel!r}; choose 'tiled' or 'eager'")
     if mode == "stats" and kernel == "eager":
         raise InputError("statistics are streamed by the tiled kernel: use kernel='tiled'")
+    sink_k = _whole(sink_k, "sink_k", 0)
+    top_k = _whole(top_k, "top_k", 1, optional=True)
+    query_tile = _whole(query_tile, "query_tile", 1, optional=True)
+    limit = None if max_memory is None else parse_size(max_memory)
+    if inputs is None:
+        raise InputError(
+            "inputs must be a prompt string, a list of prompts or a token-id tensor, got None"
+        )
     batch = inputs if isinstance(inputs, TokenBatch) else model.tokenize(inputs)
+    n_keys = batch.ids.shape[1]
+    if top_k is not None and top_k > n_keys:
+        warnings.warn(
+            f"top_k={top_k} is more than the {n_keys} keys of the input; keeping all {n_keys}",
+            stacklevel=2,
+        )
+        top_k = n_keys
     want_maps = mode == "maps" or layers is not None or heads is not None
     layer_index, head_index, requested = (
         resolve_heads(model.spec, layers, heads) if want_maps else ((), (), None)
     )
     pairs = _pairs(layer_index, head_index, requested)
+    plan = _Plan(model, batch, mode, kernel, pairs, layer_index, head_index, top_k, query_tile)
+    plan.check(limit)
 
+    pattern = plan.empty_pattern() if want_maps else None
     used = kernel
-    maps: dict[int, Tensor] = {}
     layer_stats: dict[int, TiledAttentionResult] = {}
     if kernel == "tiled":
         try:
-            maps, layer_stats = _run_tiled(
+            layer_stats = _run_tiled(
                 model,
                 batch,
                 pairs,
+                pattern,
+                layer_index,
+                head_index,
                 stats=mode == "stats",
                 sink_k=sink_k,
                 top_k=top_k,
@@ -160,8 +244,10 @@ def capture(
                 ) from None
             warnings.warn(f"falling back to eager attention: {error}", stacklevel=2)
             used = "eager"
+            dataclasses.replace(plan, kernel="eager").check(limit)
     if used == "eager":
-        maps = _run_eager(model, batch, layer_index, head_index)
+        assert pattern is not None
+        _run_eager(model, batch, pattern, layer_index, head_index)
 
     provenance = Provenance.now(
         model_name=model.spec.name,
@@ -173,13 +259,109 @@ def capture(
         texts=batch.texts,
     )
     record = (
-        _attention_record(model, batch, maps, layer_index, head_index, requested, provenance)
-        if want_maps
+        _attention_record(model, batch, pattern, layer_index, head_index, requested, provenance)
+        if pattern is not None
         else None
     )
     if mode == "maps":
         return record
     return _head_stats(model, batch, layer_stats, record, provenance)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a capture will hold, for its memory estimate and the refusal's options."""
+
+    model: HeadscopeModel
+    batch: TokenBatch
+    mode: str
+    kernel: str
+    pairs: list[tuple[int, int]]
+    layer_index: tuple[int, ...]
+    head_index: tuple[int, ...]
+    top_k: int | None
+    query_tile: int | None
+
+    def estimate(
+        self,
+        *,
+        mode: str | None = None,
+        n_maps: int | None = None,
+        batch: int | None = None,
+        n_tokens: int | None = None,
+        top_k: int | None = None,
+    ) -> MemoryEstimate:
+        spec = self.model.spec
+        b = self.batch.ids.shape[0] if batch is None else batch
+        n = self.batch.ids.shape[1] if n_tokens is None else n_tokens
+        grid = len(self.layer_index) * len(self.head_index)
+        maps = grid if n_maps is None else n_maps
+        tile = self.query_tile or default_query_tile(b, spec.n_heads, n)
+        return capture_estimate(
+            n_layers=spec.n_layers,
+            n_heads=spec.n_heads,
+            n_kv_heads=spec.n_kv_heads,
+            d_model=spec.d_model,
+            d_head=spec.d_head,
+            batch=b,
+            n_tokens=n,
+            n_maps=maps,
+            map_layers=min(len(self.layer_index), maps) if maps else 0,
+            mode=mode or self.mode,  # type: ignore[arg-type]
+            kernel=self.kernel,  # type: ignore[arg-type]
+            query_tile=tile,
+            top_k=self.top_k if top_k is None else top_k,
+            dtype=self.model.dtype,
+        )
+
+    def empty_pattern(self) -> Tensor:
+        """The result `[batch, layer, head, query, key]`, NaN until a map fills it."""
+        shape = (*self.batch.ids.shape[:1], len(self.layer_index), len(self.head_index))
+        n = self.batch.ids.shape[1]
+        return torch.full((*shape, n, n), float("nan"))
+
+    def check(self, limit: int | None) -> None:
+        b, n = self.batch.ids.shape
+        spec = self.model.spec
+        grid = len(self.layer_index) * len(self.head_index)
+        what = (
+            f"capturing the maps of {grid} heads"
+            if self.mode == "maps"
+            else f"capturing the statistics of {spec.n_layers * spec.n_heads} heads"
+            + (f" and {grid} maps" if grid else "")
+        )
+        what += f" for {b} prompt(s) of {n} tokens"
+
+        def options(fits) -> list[str]:
+            found = []
+            if grid and fits(self.estimate(mode="stats", n_maps=0)):
+                size = format_bytes(self.estimate(mode="stats", n_maps=0).total)
+                found.append(f"stats mode without maps (about {size})")
+            if grid > 1:
+                heads = largest_fitting(lambda k: fits(self.estimate(n_maps=k)), grid - 1)
+                if heads:
+                    found.append(f"at most {heads} of the {grid} head maps (layers=/heads=)")
+            if n > 1:
+                tokens = largest_fitting(lambda k: fits(self.estimate(n_tokens=k)), n - 1)
+                if tokens:
+                    found.append(f"a shorter prompt (at most {tokens} tokens)")
+            if b > 1:
+                rows = largest_fitting(lambda k: fits(self.estimate(batch=k)), b - 1)
+                if rows:
+                    found.append(f"fewer prompts per call (at most {rows})")
+            if self.top_k and self.top_k > 1:
+                k = largest_fitting(lambda k: fits(self.estimate(top_k=k)), self.top_k - 1)
+                if k:
+                    found.append(f"top_k of at most {k}")
+            return found
+
+        check_fits(
+            self.estimate(),
+            device=self.model.device,
+            what=what,
+            max_memory=limit,
+            options=options,
+        )
 
 
 def _pairs(
@@ -196,24 +378,29 @@ def _run_tiled(
     model: HeadscopeModel,
     batch: TokenBatch,
     pairs: list[tuple[int, int]],
+    pattern: Tensor | None,
+    layer_index: tuple[int, ...],
+    head_index: tuple[int, ...],
     *,
     stats: bool,
     sink_k: int,
     top_k: int | None,
     query_tile: int | None,
-) -> tuple[dict[int, Tensor], dict[int, TiledAttentionResult]]:
-    """Maps `{layer: [batch, head, query, key]}` for the heads in `pairs` (NaN
-    rows for the heads of a layer that were not asked for) and the per-layer
-    kernel results (statistics moved to the CPU, output dropped)."""
-    n_heads, last = model.spec.n_heads, model.spec.n_layers - 1
-    maps: dict[int, Tensor] = {}
+) -> dict[int, TiledAttentionResult]:
+    """Run the forward with the tiled kernel: the maps of the heads in `pairs`
+    are copied into `pattern` `[batch, layer, head, query, key]` (positions
+    given by `layer_index` / `head_index`) as each layer runs; returns the
+    per-layer kernel results (statistics moved to the CPU, output dropped)."""
+    last = model.spec.n_layers - 1
     results: dict[int, TiledAttentionResult] = {}
+    layer_at = {layer: i for i, layer in enumerate(layer_index)}
+    head_at = {head: j for j, head in enumerate(head_index)}
 
     def collect(layer: int, result: TiledAttentionResult) -> None:
-        if result.maps is not None:
-            full = torch.full((result.maps.shape[0], n_heads, *result.maps.shape[2:]), float("nan"))
-            full[:, list(result.map_heads)] = result.maps.float().cpu()
-            maps[layer] = full
+        if result.maps is not None and pattern is not None and layer in layer_at:
+            for k, head in enumerate(result.map_heads):
+                if head in head_at:
+                    pattern[:, layer_at[layer], head_at[head]] = result.maps[:, k].float().cpu()
         if stats:
             results[layer] = _to_cpu(result)
         if layer == last:
@@ -232,7 +419,7 @@ def _run_tiled(
     missing = [layer for layer in range(model.spec.n_layers) if layer not in scope.calls]
     if missing:
         raise RuntimeError(f"the tiled kernel did not run for layers {missing}")
-    return maps, results
+    return results
 
 
 class _AttentionDone(Exception):  # noqa: N818 (a control-flow signal, not an error)
@@ -262,41 +449,37 @@ def _to_cpu(result: TiledAttentionResult) -> TiledAttentionResult:
 def _run_eager(
     model: HeadscopeModel,
     batch: TokenBatch,
+    pattern: Tensor,
     layer_index: tuple[int, ...],
     head_index: tuple[int, ...],
-) -> dict[int, Tensor]:
+) -> None:
     """transformer-lens eager attention, read at the pattern site of each kept
-    layer; the forward stops after the last of them."""
+    layer (the forward stops after the last of them), copied into `pattern`."""
     sites = [Site(layer, "pattern") for layer in layer_index]
     read = run(model, batch, read=sites, stop_after=sites[-1]).activations
     heads = torch.tensor(head_index)
-    kept: dict[int, Tensor] = {}
-    for layer, site in zip(layer_index, sites, strict=True):
-        pattern = read[site]
-        full = torch.full(pattern.shape, float("nan"))
-        full[:, heads] = pattern[:, heads.to(pattern.device)].float().cpu()
-        kept[layer] = full
-    return kept
+    for i, site in enumerate(sites):
+        layer_pattern = read[site]
+        pattern[:, i] = layer_pattern[:, heads.to(layer_pattern.device)].float().cpu()
 
 
 def _attention_record(
     model: HeadscopeModel,
     batch: TokenBatch,
-    maps: dict[int, Tensor],
+    pattern: Tensor,
     layer_index: tuple[int, ...],
     head_index: tuple[int, ...],
     requested: tuple[tuple[int, int], ...] | None,
     provenance: Provenance,
 ) -> AttentionRecord:
-    heads = torch.tensor(head_index)
-    pattern = torch.stack([maps[layer][:, heads] for layer in layer_index], dim=1)
-    # Padded rows and columns are exactly 0; NaN marks heads that were not asked for.
-    pattern = pattern * padding_mask(batch)[:, None, None].to(pattern.dtype)
+    # Padded rows and columns are exactly 0; NaN marks heads that were not asked
+    # for (both in place: the result is the only copy of the maps).
+    pattern.mul_(padding_mask(batch)[:, None, None].to(pattern.dtype))
     if requested is not None:
         wanted = torch.zeros(len(layer_index), len(head_index), dtype=torch.bool)
         for layer, head in requested:
             wanted[layer_index.index(layer), head_index.index(head)] = True
-        pattern = pattern.masked_fill(~wanted[None, :, :, None, None], float("nan"))
+        pattern.masked_fill_(~wanted[None, :, :, None, None], float("nan"))
     single = batch.single
     return AttentionRecord(
         pattern=pattern[0] if single else pattern,

@@ -89,6 +89,13 @@ def gate_heads(
     gates = check_gates(model, gates)
     if mode not in ABLATION_MODES:
         raise InputError(f"unknown ablation mode {mode!r}; choose from {ABLATION_MODES}")
+    if reference is not None and not isinstance(reference, (str, list, tuple, Tensor, TokenBatch)):
+        raise InputError(
+            "reference must be a prompt string, a list of prompts, a token-id tensor or a "
+            f"TokenBatch, got {type(reference).__name__}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be a whole number, got {seed!r:.40}")
     replacement: list[Tensor] | None = None
     if mode != "zero":
         if reference is None:

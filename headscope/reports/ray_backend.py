@@ -206,7 +206,7 @@ class ShardWorker:
         # hence scores) come out in the same order.
         torch.set_num_threads(1)
         self.config = config
-        self.model = load_model(config.model)
+        self.model = load_model(config.model, config.device, dtype=config.dtype)
 
     def shard(self, index: int, items: tuple[PromptItem, ...]) -> tuple[int, ShardResult]:
         from headscope.reports.job import shard_task

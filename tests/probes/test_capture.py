@@ -7,7 +7,7 @@ import torch
 from tiny_models import load_eager_hf
 
 import headscope as hs
-from headscope.errors import InputError
+from headscope.errors import InputError, MemoryLimitError
 
 
 def hf_attentions(directory, batch):
@@ -108,3 +108,117 @@ def test_record_provenance(tiny_models):
     assert record.provenance.headscope_version == hs.__version__
     assert record.spec == model.spec
     assert not any(isinstance(v, torch.nn.Module) for v in vars(record).values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layers": 1}, "layers must be a list of layer indices, e.g. layers=\\[1\\], got int"),
+        ({"layers": "1"}, "layers must be a list of layer indices"),
+        ({"layers": [None]}, "layers must hold whole numbers, got None"),
+        ({"layers": [1.9]}, "layers must hold whole numbers, got 1.9"),
+        ({"layers": ["1"]}, "layers must hold whole numbers, got '1'"),
+        ({"layers": [True]}, "layers must hold whole numbers, got True"),
+        ({"heads": 1}, "heads must be a list of head indices, e.g. heads=\\[1\\], got int"),
+        ({"heads": [True]}, "heads must hold whole numbers, got True"),
+        ({"heads": [0.5]}, "heads must hold whole numbers, got 0.5"),
+        ({"heads": [(0, 1.0)]}, "heads must hold whole numbers, got 1.0"),
+        ({"query_tile": -4}, "query_tile must be a whole number >= 1 or None, got -4"),
+        ({"query_tile": 2.5}, "query_tile must be a whole number >= 1 or None, got 2.5"),
+        ({"query_tile": 0}, "query_tile must be a whole number >= 1"),
+        ({"sink_k": 1.5}, "sink_k must be a whole number >= 0, got 1.5"),
+        ({"sink_k": -1}, "sink_k must be a whole number >= 0"),
+        ({"sink_k": True}, "sink_k must be a whole number"),
+        ({"top_k": 0}, "top_k must be a whole number >= 1 or None, got 0"),
+        ({"top_k": 2.0}, "top_k must be a whole number >= 1"),
+        ({"max_memory": "a lot"}, "max_memory 'a lot' is not a size"),
+    ],
+)
+def test_capture_arguments_are_checked_at_the_entry(tiny_models, kwargs, message):
+    model = tiny_models["gpt2"]
+    with pytest.raises(InputError, match=message):
+        hs.capture(model, "t5 t6 t7", **kwargs)
+    mode = "stats" if "layers" not in kwargs and "heads" not in kwargs else "maps"
+    with pytest.raises(InputError, match=message):
+        hs.capture(model, "t5 t6 t7", mode=mode, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (None, "inputs must be a prompt string, a list of prompts or a token-id tensor, got None"),
+        ({"t5": 1}, "inputs must be a prompt string, .* got dict"),
+        (7, "got int"),
+        (torch.tensor([5, 6], dtype=torch.complex64), "integer tensor, got torch.complex64"),
+    ],
+)
+def test_capture_refuses_inputs_that_are_not_prompts(tiny_models, inputs, message):
+    with pytest.raises(InputError, match=message):
+        hs.capture(tiny_models["gpt2"], inputs)
+
+
+def test_index_like_layers_and_heads_are_accepted(tiny_models):
+    model = tiny_models["gpt2"]
+    record = hs.capture(model, "t5 t6", layers=range(1, 2), heads=(torch.tensor(2),))
+    assert record.layer_index == (1,) and record.head_index == (2,)
+    assert hs.capture(model, "t5 t6", layers=torch.tensor([0, 1])).layer_index == (0, 1)
+    import numpy as np
+
+    assert hs.capture(model, "t5 t6", heads=np.array([3, 1])).head_index == (1, 3)
+    with pytest.raises(InputError, match="heads must hold whole numbers"):
+        hs.capture(model, "t5 t6", heads=np.array([1.0]))
+    with pytest.raises(InputError, match="layers must be a list of layer indices"):
+        hs.capture(model, "t5 t6", layers=torch.tensor(1))
+
+
+def test_top_k_is_capped_at_the_number_of_keys(tiny_models):
+    model = tiny_models["llama"]
+    with pytest.warns(UserWarning, match="top_k=1000000 is more than the 4 keys"):
+        stats = hs.capture(model, "t5 t6 t7", mode="stats", top_k=10**6)
+    assert stats.topk_keys.shape == (2, 4, 4, 4)
+    full = hs.capture(model, "t5 t6 t7", mode="stats", top_k=4)
+    assert torch.equal(stats.topk_keys, full.topk_keys)
+
+
+def test_a_capture_that_does_not_fit_is_refused_with_the_options(tiny_models):
+    """max_memory stands in for a small machine: nothing is allocated. For this
+    tiny GPT-2 at 56 tokens the maps capture needs about 434 KiB (tile buffers
+    147, activations 140, maps 98, one layer's maps in the kernel 49), the stats
+    capture about 318 KiB."""
+    model = tiny_models["gpt2"]
+    prompt = " ".join(f"t{i}" for i in range(5, 60))  # 56 tokens with BOS
+    with pytest.raises(MemoryLimitError) as info:
+        hs.capture(model, prompt, max_memory="380KB")
+    message = str(info.value)
+    assert message.startswith(
+        "capturing the maps of 8 heads for 1 prompt(s) of 56 tokens needs about 434 KiB ("
+    )
+    assert "maps 98 KiB" in message and "only 371 KiB is allowed (max_memory)" in message
+    assert "options that fit: stats mode without maps (about 318 KiB)" in message
+    assert "at most 4 of the 8 head maps (layers=/heads=)" in message
+    assert "a shorter prompt (at most 50 tokens)" in message and "\n" not in message
+    stats = hs.capture(model, prompt, mode="stats", max_memory="380KB")  # the option fits
+    assert stats.entropy.shape[-1] == 56
+    assert hs.capture(model, prompt, heads=[(0, 1), (1, 2)], max_memory="380KB").requested
+    with pytest.raises(MemoryLimitError, match="fewer prompts per call \\(at most 1\\)"):
+        hs.capture(model, [prompt] * 3, mode="stats", max_memory="380KB")
+    with pytest.raises(MemoryLimitError, match="capturing the statistics of 8 heads"):
+        hs.capture(model, prompt, mode="stats", max_memory="20KB")
+
+
+def test_the_estimate_counts_what_capture_keeps(tiny_models, monkeypatch):
+    """The maps part of the estimate is the record's size: the result is filled
+    in place, layer by layer (no second copy of every map)."""
+    from headscope.probes import capture as capture_module
+
+    seen = {}
+    real = capture_module.capture_estimate
+
+    def spy(**kwargs):
+        estimate = real(**kwargs)
+        seen.setdefault("maps", dict((p.label, p.bytes) for p in estimate.parts)["maps"])
+        return estimate
+
+    monkeypatch.setattr(capture_module, "capture_estimate", spy)
+    record = hs.capture(tiny_models["gpt2"], ["t5 t6 t7", "t8"], layers=[1], heads=[0, 3])
+    assert seen["maps"] == record.pattern.numel() * record.pattern.element_size()

@@ -147,3 +147,37 @@ def test_bad_gates_and_modes(tiny_models):
     with pytest.raises(InputError, match="at least 6 tokens"):
         with hs.gate_heads(model, torch.zeros(2, 4), mode="mean", reference="t5 t6"):
             model.forward(model.tokenize("t5 t6 t7 t8 t9"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_gates_are_refused(tiny_models, bad):
+    model = tiny_models["gpt2"]
+    gates = torch.ones(2, 4)
+    gates[1, 2] = bad
+    with pytest.raises(InputError, match="gates must be finite"):
+        with hs.gate_heads(model, gates):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "mean", "reference": 12}, "reference must be a prompt string, .* got int"),
+        ({"mode": "resample", "reference": {"t5": 1}}, "reference must be .* got dict"),
+        ({"mode": "resample", "reference": "t5 t6", "seed": 1.5}, "seed must be a whole number"),
+        ({"mode": "resample", "reference": "t5 t6", "seed": True}, "seed must be a whole number"),
+    ],
+)
+def test_gate_heads_arguments_are_checked(tiny_models, kwargs, message):
+    model = tiny_models["gpt2"]
+    with pytest.raises(InputError, match=message):
+        with hs.gate_heads(model, torch.ones(2, 4), **kwargs):
+            pass
+    for gates, gate_message in (
+        ([[1.0] * 4] * 2, "gates must be a torch.Tensor, got list"),
+        (torch.ones(2, 4, dtype=torch.int64), "gates must be floating point"),
+        (torch.ones(2, 4, dtype=torch.complex64), "gates must be floating point"),
+    ):
+        with pytest.raises(InputError, match=gate_message):
+            with hs.gate_heads(model, gates):
+                pass

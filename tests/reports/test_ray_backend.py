@@ -53,3 +53,27 @@ def test_ray_backend_equals_the_local_backend(
     for name in ("csv", "parquet", "json", "html"):
         assert result.files[name].read_bytes() == local_report.files[name].read_bytes(), name
     assert result.top_heads == local_report.top_heads
+
+
+def test_ray_actors_load_the_model_with_the_jobs_device_and_dtype(monkeypatch, fast_config):
+    import dataclasses
+
+    from headscope.models import loading
+    from headscope.reports import ray_backend
+
+    seen = {}
+
+    def fake_load(name, device="cpu", *, dtype="float32", max_memory=None):
+        seen["args"] = (name, str(device), str(dtype))
+        return object()
+
+    import torch
+
+    monkeypatch.setattr(loading, "load_model", fake_load)
+    config = dataclasses.replace(fast_config, dtype="bfloat16")
+    threads = torch.get_num_threads()
+    try:
+        ray_backend.ShardWorker(config)  # the class itself, not a Ray actor
+    finally:
+        torch.set_num_threads(threads)
+    assert seen["args"] == ("toy-induction", "cpu", "bfloat16")
