@@ -144,6 +144,16 @@ class HeadscopeModel:
                 raise InputError(f"prompt {i} is a {type(text).__name__}, expected a string")
             if not text.strip():
                 raise InputError("the prompt is empty" if single else f"prompt {i} is empty")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                # A lone surrogate: what Python makes of bytes that are not UTF-8
+                # (e.g. a command-line argument), which no tokenizer can take.
+                where = "the prompt" if single else f"prompt {i}"
+                raise InputError(
+                    f"{where} is not valid text at character {error.start} (bytes that are "
+                    "not UTF-8, or a lone surrogate); pass UTF-8 text"
+                ) from None
         rows = [self._encode(text) for text in texts]
         for i, row in enumerate(rows):
             if len(row) > limit:

@@ -118,3 +118,28 @@ def test_unknown_words_on_tiny_models(tiny_models):
     assert [(w.text, w.start, w.end) for w in found] == [("hello", 3, 8), ("t999", 12, 16)]
     assert model.unknown_words("t5 t6") == ()
     assert model.word_vocabulary() == tuple(sorted(f"t{i}" for i in range(3, 100)))
+
+
+def test_text_that_is_not_valid_unicode_is_refused_with_one_line(toy_model):
+    from headscope.errors import InputError
+
+    with pytest.raises(InputError, match="not valid text at character 4"):
+        toy_model.tokenize("red \udcff cat")  # what Python makes of the byte 0xff in argv
+    with pytest.raises(InputError, match="prompt 1 is not valid text"):
+        toy_model.tokenize(["red cat", "blue \ud800 dog"])
+
+
+def test_a_command_line_prompt_with_invalid_bytes_gives_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from headscope.cli import main; "
+        "sys.argv = ['headscope', 'capture', '--model', 'toy-induction', '--prompt', "
+        "'red \\udcff cat']; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("headscope: error: ")
+    assert "not valid text" in lines[0]
