@@ -178,28 +178,9 @@ def _table(output: str) -> dict[tuple[int, int], list[float]]:
 
 
 def _tiny_gpt_neox(directory):
-    """A 2-layer, 4-head GPT-NeoX (Pythia's architecture: rotary on a quarter of
-    each head, parallel attention and MLP) saved with the tiny word tokenizer."""
-    import torch
-    from tiny_models import VOCAB, tiny_tokenizer
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from tiny_models import build_tiny_gpt_neox
 
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        hidden_size=32,
-        intermediate_size=64,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        rotary_pct=0.25,
-        bos_token_id=1,
-        eos_token_id=1,
-        initializer_range=0.2,
-    )
-    GPTNeoXForCausalLM(config).eval().save_pretrained(directory)
-    tiny_tokenizer().save_pretrained(directory)
-    return directory
+    return build_tiny_gpt_neox(directory)
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "llama"])
@@ -293,7 +274,7 @@ def test_corrupt_model_directories_are_one_line_errors(cli_corrupt_dirs, tmp_pat
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--dtype", "int8"], "unknown dtype 'int8'; choose float32, bfloat16 or float16"),
+        (["--dtype", "int8"], "unknown dtype 'int8'; choose float32, bfloat16, float16 or float64"),
         (["--device", "tpu"], "unknown device 'tpu'; choose cpu, cuda, cuda:N or mps"),
         (["--device", "cuda"], "'cuda' needs CUDA, which is not available here"),
         (["--device", "cuda:1"], "'cuda:1' needs CUDA"),

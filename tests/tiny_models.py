@@ -93,3 +93,28 @@ def load_eager_hf(directory: str | Path):
     config = AutoConfig.from_pretrained(directory)
     auto = AutoModelForMaskedLM if config.model_type == "bert" else AutoModelForCausalLM
     return auto.from_pretrained(directory, attn_implementation="eager").eval()
+
+
+def build_tiny_gpt_neox(directory: str | Path) -> Path:
+    """A 2-layer, 4-head GPT-NeoX (Pythia's architecture: rotary on a quarter of
+    each head, parallel attention and MLP, fused QKV) saved with the tiny word
+    tokenizer; peaked attention (init std 0.2)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    directory = Path(directory)
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        hidden_size=32,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        bos_token_id=1,
+        eos_token_id=1,
+        initializer_range=0.2,
+    )
+    GPTNeoXForCausalLM(config).eval().save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory

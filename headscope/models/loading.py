@@ -462,12 +462,16 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "float16": torch.float16,
     "fp16": torch.float16,
+    # For checks that need it (finite differences); slow and never the default.
+    "float64": torch.float64,
+    "fp64": torch.float64,
 }
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """float32, bfloat16 or float16, from a torch.dtype or its name (`bf16`,
-    `fp16`, `torch.bfloat16` also work); DeviceError for anything else."""
+    """float32, bfloat16, float16 (or float64, for numerical checks), from a
+    torch.dtype or its name (`bf16`, `fp16`, `torch.bfloat16` also work);
+    DeviceError for anything else."""
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
@@ -479,7 +483,7 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
         shown = dtype
     else:
         shown = repr(dtype)
-    raise DeviceError(f"unknown dtype {shown!r}; choose float32, bfloat16 or float16")
+    raise DeviceError(f"unknown dtype {shown!r}; choose float32, bfloat16, float16 or float64")
 
 
 def parse_device(device: str | torch.device) -> torch.device:
