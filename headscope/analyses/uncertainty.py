@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
+from scipy import stats
 from torch import Tensor
 
 from headscope.errors import InputError
@@ -47,11 +49,12 @@ def bootstrap_interval(
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> Interval:
-    """The mean over the first axis and its percentile-bootstrap interval.
+    """The mean over the first axis and its percentile-bootstrap interval
+    (`scipy.stats.bootstrap`, method "percentile", seeded).
 
-    Units are resampled with replacement `resamples` times (one seeded draw
-    shared by every cell, so cells stay comparable); the bounds are the
-    (1 − level)/2 and (1 + level)/2 quantiles of the resampled means. NaN
+    Units are resampled with replacement `resamples` times; the bounds are the
+    (1 − level)/2 and (1 + level)/2 quantiles of the resampled means (all
+    units equal: a zero-width interval at that value). NaN
     units are rejected. Memory: resamples × cells float64.
     """
     if not isinstance(values, Tensor) or values.dim() < 1 or values.shape[0] < 1:
@@ -68,10 +71,17 @@ def bootstrap_interval(
     if n < 2:
         nan = torch.full_like(mean, float("nan"))
         return Interval(mean, nan, nan.clone(), n, level)
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, n, (resamples, n), generator=generator)
-    means = data[draws].mean(1)  # [resample, *cell]
-    tail = (1 - level) / 2
-    low = torch.quantile(means, tail, dim=0)
-    high = torch.quantile(means, 1 - tail, dim=0)
+    result = stats.bootstrap(
+        (data.numpy(),),
+        np.mean,
+        axis=0,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    low = torch.as_tensor(np.asarray(interval.low, dtype=np.float64)).reshape(mean.shape)
+    high = torch.as_tensor(np.asarray(interval.high, dtype=np.float64)).reshape(mean.shape)
     return Interval(mean, low, high, n, level)
