@@ -80,8 +80,9 @@ def check_index(value: object, size: int, *, name: str = "index", default: int |
     return index
 
 
-def check_fraction(value: object, default: float = 1.0) -> float:
-    """A float in [0, 1] (clipped); `default` for anything not a finite number."""
+def check_number(value: object, low: float, high: float, default: float) -> float:
+    """A float clipped to [low, high]; `default` for anything not a finite number
+    (bools, NaN, infinity, text that is not a number, huge values)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return default
     try:
@@ -90,7 +91,12 @@ def check_fraction(value: object, default: float = 1.0) -> float:
         return default
     if not math.isfinite(number):
         return default
-    return min(1.0, max(0.0, number))
+    return min(high, max(low, number))
+
+
+def check_fraction(value: object, default: float = 1.0) -> float:
+    """A float in [0, 1] (clipped); `default` for anything not a finite number."""
+    return check_number(value, 0.0, 1.0, default)
 
 
 def clicked_head(click_data: Any, spec: ModelSpec) -> tuple[int, int] | None:

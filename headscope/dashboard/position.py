@@ -6,14 +6,12 @@ Transformers")."""
 
 from __future__ import annotations
 
-import math
-
 from dash import Dash, Input, Output, dcc, html
 
 from headscope.analyses.position import SINK_FLOOR, SINK_MIN_QUERIES, SINK_RATIO
 from headscope.dashboard import results
 from headscope.dashboard.components import card, graph, page_header
-from headscope.dashboard.inputs import choice
+from headscope.dashboard.inputs import check_number, choice
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
 from headscope.figures.position import influence_by_distance, sink_scores
@@ -96,15 +94,7 @@ def layout(session: ModelSession) -> list:
 
 def check_ratio(value: object, default: float = SINK_RATIO) -> float:
     """The slider's ratio: a finite number, clipped to [RATIO_MIN, RATIO_MAX]."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return default
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        return default
-    if not math.isfinite(number):
-        return default
-    return min(RATIO_MAX, max(RATIO_MIN, number))
+    return check_number(value, RATIO_MIN, RATIO_MAX, default)
 
 
 def position_outputs(
