@@ -220,3 +220,29 @@ summary = pd.DataFrame(
     index=["1st", "2nd", "3rd"],
 )
 summary
+
+# %% [markdown]
+# ## One call, shared with the dashboard and the report
+#
+# `score_heads` is what the dashboard's Importance page and `headscope report` call,
+# so a metric, a target span and a default mean the same thing in all three. With
+# `target="auto"` the loss scores the tokens a copying circuit can predict (the
+# repeated bigrams of each prompt); the result says what it measured, on how many
+# tokens, and gives each head's bootstrap interval over the prompts.
+
+# %%
+from headscope.experiments.scoring import score_heads
+
+texts = [
+    "red cat blue dog sun tree key pen red cat blue dog sun tree key pen",
+    "up moon salt fish two road gold up moon salt fish two road gold",
+    "box right three four hot eat box right three four hot eat",
+]
+shared = score_heads(model, texts, methods=["ablation", "gradient"], metric="loss", target="auto")
+print(shared.described)
+spread = shared.interval("ablation")
+for layer, head, value in shared.methods["ablation"].ranking()[:3]:
+    low, high = float(spread.low[layer, head]), float(spread.high[layer, head])
+    print(f"head {layer}.{head}: harm {value:+.3f} nats, 95% interval [{low:.3f}, {high:.3f}]")
+assert set(top_heads(shared.mean("ablation"), 2)) & circuit
+assert set(shared.prompt_targets) == {"repeats"}
