@@ -156,6 +156,7 @@ def run(
     the call in `torch.enable_grad()` / `torch.no_grad()` as needed.
     Memory: the forward's own plus the tensors read.
     """
+    read = list(read)  # iterated twice: to build the hooks, then to check they fired
     store: dict[Site, Tensor] = {}
     stopped: list[bool] = []
     hooks = _hooks(model, read, edit or {}, store, keep_graph, stop_after, stopped)
@@ -184,6 +185,6 @@ def editing(model: HeadscopeModel, edit: Mapping[Site, Edit]) -> Iterator[None]:
 def reading(
     model: HeadscopeModel, batch: TokenBatch, sites: Iterable[Site], **options: Any
 ) -> dict[Site, Tensor]:
-    """`run(model, batch, read=sites, **options).activations` (detached, no logits kept)."""
+    """`run(model, batch, read=sites, **options).activations`, without gradients."""
     with torch.no_grad():
         return dict(run(model, batch, read=sites, **options).activations)

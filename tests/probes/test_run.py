@@ -177,3 +177,10 @@ def test_hook_point_names_live_only_in_probes_sites():
     assert offenders == []
     # ... and the check can fail: sites.py itself is full of them.
     assert _hook_names(PACKAGE / "probes" / "sites.py")
+
+
+def test_sites_may_come_from_a_generator(tiny_models):
+    model = tiny_models["gpt2"]
+    batch = model.tokenize(PROMPT)
+    result = run(model, batch, read=(Site(layer, "z") for layer in range(2)))
+    assert set(result.activations) == {Site(0, "z"), Site(1, "z")}
