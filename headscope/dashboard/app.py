@@ -4,8 +4,9 @@
     app = create_app("toy-induction")          # or create_app(model=loaded_model)
     run_dashboard("minilm", port=8050)         # http://127.0.0.1:8050/
 
-One model and one prompt box drive seven pages (see `routes.PAGES`). The app
-works offline: dash serves its own scripts (no CDN) and the stylesheet is
+One model and one prompt box drive seven pages (see `routes.PAGES`); an
+eighth, Long context (`routes.LONG`), takes its own text up to the model's
+context. The app works offline: dash serves its own scripts (no CDN) and the stylesheet is
 inlined. Long jobs run in background processes (dash DiskcacheManager with a
 cache in a temporary folder).
 
@@ -41,6 +42,7 @@ from headscope.dashboard import (
     flow,
     head,
     importance,
+    longcontext,
     overview,
     playground,
     position,
@@ -114,6 +116,7 @@ def create_app(
         "position": lambda: position.layout(session),
         "spectral": lambda: spectral.layout(session),
         "playground": lambda: playground.layout(session),
+        "long": lambda: longcontext.layout(session),
     }
     app.layout = shell.layout(session)
     # Every page's components, so dash can check the callbacks' ids up front.
@@ -128,6 +131,7 @@ def create_app(
     position.register(app, session)
     spectral.register(app, session, manager)
     playground.register(app, session)
+    longcontext.register(app, session, manager)
     _answer_unexpected_errors(app)
     app.headscope_session = session
     app.headscope_manager = manager

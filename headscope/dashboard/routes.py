@@ -28,7 +28,11 @@ PAGES: tuple[Page, ...] = (
     Page("spectral", "/spectral", "Spectral", "QK/OV spectra and composition"),
     Page("playground", "/playground", "Playground", "gate heads, watch the output"),
 )
-PAGE_KINDS: tuple[str, ...] = tuple(page.kind for page in PAGES)
+#: Long context: its own text (a file or pasted) up to the model's context, not the prompt box.
+LONG = Page("long", "/long", "Long context", "statistics and tiled maps of a long text")
+#: Every page, in the navigation's order.
+NAV_PAGES: tuple[Page, ...] = (*PAGES, LONG)
+PAGE_KINDS: tuple[str, ...] = tuple(page.kind for page in NAV_PAGES)
 
 _HEAD = re.compile(r"^/head/(\d{1,4})/(\d{1,4})/?$")
 
@@ -62,7 +66,7 @@ def parse_path(pathname: object) -> Route:
         return Route("head", int(match.group(1)), int(match.group(2)))
     if path == "/head":
         return Route("head", 0, 0)
-    for page in PAGES:
+    for page in NAV_PAGES:
         if page.kind != "head" and path == page.path:
             return Route(page.kind)
     return Route("missing")

@@ -36,7 +36,7 @@ def model_line(session: ModelSession) -> str:
 def layout(session: ModelSession) -> html.Div:
     nav = [
         dcc.Link(page.title, href=page.path, id=f"nav-{page.kind}", title=page.description)
-        for page in routes.PAGES
+        for page in routes.NAV_PAGES
     ]
     load_problem = (
         alert(f"The model could not be loaded: {session.load_error}")
@@ -288,9 +288,9 @@ def register(app: Dash, session: ModelSession, pages: dict[str, Callable[[], lis
             const classes = pages.map(p => p[0] === kind ? "hs-active" : "");
             return hrefs.concat(classes);
         }
-        """.replace("PAGES", json.dumps([[page.kind, page.path] for page in routes.PAGES])),
-        [Output(f"nav-{page.kind}", "href") for page in routes.PAGES],
-        [Output(f"nav-{page.kind}", "className") for page in routes.PAGES],
+        """.replace("PAGES", json.dumps([[page.kind, page.path] for page in routes.NAV_PAGES])),
+        [Output(f"nav-{page.kind}", "href") for page in routes.NAV_PAGES],
+        [Output(f"nav-{page.kind}", "className") for page in routes.NAV_PAGES],
         Input("url", "pathname"),
         Input("prompt-store", "data"),
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import operator
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -17,6 +18,7 @@ from headscope.kernels.tiled import TiledAttentionResult, default_query_tile
 from headscope.models.loading import HeadscopeModel, Inputs
 from headscope.models.memory import (
     MemoryEstimate,
+    Part,
     capture_estimate,
     check_fits,
     format_bytes,
@@ -32,6 +34,8 @@ from headscope.records.provenance import Provenance
 from headscope.records.stats import PER_HEAD as STATS_PER_HEAD
 from headscope.records.stats import PER_QUERY as STATS_PER_QUERY
 from headscope.records.stats import HeadStats
+from headscope.records.store import DEFAULT_CHUNK as DEFAULT_STORE_CHUNK
+from headscope.records.store import MapStore
 
 HeadSelection = Sequence[int] | Sequence[tuple[int, int]] | None
 
@@ -149,6 +153,9 @@ def capture(
     top_k: int | None = None,
     query_tile: int | None = None,
     max_memory: int | str | None = None,
+    store: str | os.PathLike | None = None,
+    store_meta: dict | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> AttentionRecord | HeadStats:
     """Run `model` on `inputs` and keep per-head attention.
 
@@ -170,6 +177,21 @@ def capture(
     top keys (a sparse map; capped at the number of keys, with a warning).
     When `layers` or `heads` is given, the maps of those heads come along as
     `stats.maps`. Memory: O(layers·heads·batch·N) plus the tile buffers.
+
+    `store` (stats mode, one prompt): a new folder where the maps of the heads
+    named by `layers` / `heads` are written as a `records.store.MapStore`
+    (zarr, with block-max and block-mean pyramids) instead of being kept in
+    memory, plus every head's top-k keys when `top_k` is given; `stats.maps` is
+    then None and `MapStore.open(store)` reads them. The kernel hands over one
+    layer's maps per layer call (not per query tile), so the maps of one
+    layer's stored heads exist at once in the kernel while they are written to
+    the store in slabs of query rows; nothing else holds a map. `store_meta`:
+    small values kept in the store (model name...). A store that exists is
+    refused (RecordExistsError); a capture that fails leaves it unfinished,
+    which `MapStore.open` refuses.
+
+    `progress(done, total)` is called after each attention layer (total: the
+    layers the capture runs).
 
     Whatever the model's dtype (float32, bfloat16, float16), scores, softmax,
     maps and statistics are computed and accumulated in float32.
@@ -196,6 +218,8 @@ def capture(
         raise InputError(f"unknown kernel {kernel!r}; choose 'tiled' or 'eager'")
     if mode == "stats" and kernel == "eager":
         raise InputError("statistics are streamed by the tiled kernel: use kernel='tiled'")
+    if store is not None and mode != "stats":
+        raise InputError("store= writes maps to disk during a statistics capture: use mode='stats'")
     sink_k = _whole(sink_k, "sink_k", 0)
     top_k = _whole(top_k, "top_k", 1, optional=True)
     query_tile = _whole(query_tile, "query_tile", 1, optional=True)
@@ -206,6 +230,8 @@ def capture(
         )
     batch = inputs if isinstance(inputs, TokenBatch) else model.tokenize(inputs)
     n_keys = batch.ids.shape[1]
+    if store is not None and batch.ids.shape[0] != 1:
+        raise InputError(f"store= takes one prompt, got {batch.ids.shape[0]}")
     if top_k is not None and top_k > n_keys:
         warnings.warn(
             f"top_k={top_k} is more than the {n_keys} keys of the input; keeping all {n_keys}",
@@ -217,10 +243,38 @@ def capture(
         resolve_heads(model.spec, layers, heads) if want_maps else ((), (), None)
     )
     pairs = _pairs(layer_index, head_index, requested)
-    plan = _Plan(model, batch, mode, kernel, pairs, layer_index, head_index, top_k, query_tile)
+    plan = _Plan(
+        model,
+        batch,
+        mode,
+        kernel,
+        pairs,
+        layer_index,
+        head_index,
+        top_k,
+        query_tile,
+        to_store=store is not None,
+    )
     plan.check(limit)
 
-    pattern = plan.empty_pattern() if want_maps else None
+    writer = None
+    if store is not None:
+        writer = _StoreWriter(
+            MapStore.create(
+                store,
+                n_tokens=n_keys,
+                n_layers=model.spec.n_layers,
+                n_heads=model.spec.n_heads,
+                heads=pairs,
+                top_k=top_k,
+                meta={
+                    "model_name": model.spec.name,
+                    "weights_hash": model.weights_hash,
+                    **(store_meta or {}),
+                },
+            )
+        )
+    pattern = plan.empty_pattern() if want_maps and writer is None else None
     used = kernel
     layer_stats: dict[int, TiledAttentionResult] = {}
     if kernel == "tiled":
@@ -236,6 +290,8 @@ def capture(
                 sink_k=sink_k,
                 top_k=top_k,
                 query_tile=query_tile,
+                writer=writer,
+                progress=progress,
             )
         except NotImplementedError as error:
             if mode == "stats":
@@ -248,6 +304,10 @@ def capture(
     if used == "eager":
         assert pattern is not None
         _run_eager(model, batch, pattern, layer_index, head_index)
+        if progress is not None:
+            progress(len(layer_index), len(layer_index))
+    if writer is not None:
+        writer.store.finish()
 
     provenance = Provenance.now(
         model_name=model.spec.name,
@@ -281,6 +341,7 @@ class _Plan:
     head_index: tuple[int, ...]
     top_k: int | None
     query_tile: int | None
+    to_store: bool = False
 
     def estimate(
         self,
@@ -297,7 +358,7 @@ class _Plan:
         grid = len(self.layer_index) * len(self.head_index)
         maps = grid if n_maps is None else n_maps
         tile = self.query_tile or default_query_tile(b, spec.n_heads, n)
-        return capture_estimate(
+        estimate = capture_estimate(
             n_layers=spec.n_layers,
             n_heads=spec.n_heads,
             n_kv_heads=spec.n_kv_heads,
@@ -312,6 +373,17 @@ class _Plan:
             query_tile=tile,
             top_k=self.top_k if top_k is None else top_k,
             dtype=self.model.dtype,
+        )
+        if not self.to_store:
+            return estimate
+        # Maps written to a store are not kept: the result holds none, and a
+        # writer's slab buffers (one head at a time) take their place.
+        buffers = STORE_BYTES_PER_ROW * DEFAULT_STORE_CHUNK * n if maps else 0
+        return MemoryEstimate(
+            tuple(
+                Part("map store buffers", buffers) if part.label == "maps" else part
+                for part in estimate.parts
+            )
         )
 
     def empty_pattern(self) -> Tensor:
@@ -374,6 +446,32 @@ def _pairs(
     return [(layer, head) for layer in layer_index for head in head_index]
 
 
+#: Bytes per map row (per token of the prompt) that a store writer buffers:
+#: a chunk of rows per pyramid level in float32 (max) and float64 (sums).
+STORE_BYTES_PER_ROW = 40
+
+
+@dataclasses.dataclass
+class _StoreWriter:
+    """Hands each layer's kept maps to a MapStore, a slab of query rows at a time."""
+
+    store: MapStore
+
+    def write_layer(self, layer: int, result: TiledAttentionResult) -> None:
+        if result.maps is not None:
+            rows = self.store.chunk
+            for k, head in enumerate(result.map_heads):
+                if (layer, head) not in self.store.heads:
+                    continue
+                writer = self.store.writer(layer, head)
+                layer_map = result.maps[0, k]
+                for row0 in range(0, layer_map.shape[0], rows):
+                    writer.write_rows(row0, layer_map[row0 : row0 + rows])
+                writer.close()
+        if self.store.top_k is not None and result.topk_keys is not None:
+            self.store.write_topk(layer, result.topk_keys[0], result.topk_weights[0])
+
+
 def _run_tiled(
     model: HeadscopeModel,
     batch: TokenBatch,
@@ -386,11 +484,14 @@ def _run_tiled(
     sink_k: int,
     top_k: int | None,
     query_tile: int | None,
+    writer: _StoreWriter | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> dict[int, TiledAttentionResult]:
     """Run the forward with the tiled kernel: the maps of the heads in `pairs`
     are copied into `pattern` `[batch, layer, head, query, key]` (positions
-    given by `layer_index` / `head_index`) as each layer runs; returns the
-    per-layer kernel results (statistics moved to the CPU, output dropped)."""
+    given by `layer_index` / `head_index`), or written to `writer`'s store, as
+    each layer runs; returns the per-layer kernel results (statistics moved to
+    the CPU, output dropped)."""
     last = model.spec.n_layers - 1
     results: dict[int, TiledAttentionResult] = {}
     layer_at = {layer: i for i, layer in enumerate(layer_index)}
@@ -401,8 +502,12 @@ def _run_tiled(
             for k, head in enumerate(result.map_heads):
                 if head in head_at:
                     pattern[:, layer_at[layer], head_at[head]] = result.maps[:, k].float().cpu()
+        if writer is not None:
+            writer.write_layer(layer, result)
         if stats:
             results[layer] = _to_cpu(result)
+        if progress is not None:
+            progress(layer + 1, last + 1)
         if layer == last:
             raise _AttentionDone
 
