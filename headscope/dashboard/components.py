@@ -10,14 +10,32 @@ from dash import dcc, html
 from headscope.figures.style import display_token, message_figure
 
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"scale": 2}}
+#: Panels at least this tall (px) show plotly's toolbar on hover; smaller ones have none
+#: (on a small panel the toolbar covers the title and the legend).
+TOOLBAR_MIN_HEIGHT = 400
 
 
-def graph(component_id: str, *, message: str = "", height: int = 300, **props) -> dcc.Graph:
-    """A dcc.Graph that starts as a blank figure showing `message`."""
+def graph_config(height: int, toolbar: bool | None = None) -> dict:
+    """The plotly config of a panel `height` px tall: the toolbar on hover for large
+    panels (zoom, pan, download), none for small ones; `toolbar` forces either."""
+    show = height >= TOOLBAR_MIN_HEIGHT if toolbar is None else toolbar
+    return {**GRAPH_CONFIG, "displayModeBar": "hover" if show else False}
+
+
+def graph(
+    component_id: str,
+    *,
+    message: str = "",
+    height: int = 300,
+    toolbar: bool | None = None,
+    **props,
+) -> dcc.Graph:
+    """A dcc.Graph that starts as a blank figure showing `message`; its toolbar
+    follows `graph_config(height, toolbar)`."""
     return dcc.Graph(
         id=component_id,
         figure=message_figure(message, height=height),
-        config=GRAPH_CONFIG,
+        config=graph_config(height, toolbar),
         **props,
     )
 
@@ -46,10 +64,12 @@ def token_chips(
     query: int | None = None,
     button_type: str | None = None,
     limit: int = 600,
+    hover_class: str | None = None,
 ) -> list:
     """Tokens as small labelled chips. `weights` in [0, 1] shade each chip
     (token highlighting); `button_type` makes them buttons with pattern ids
-    `{"type": button_type, "index": i}`."""
+    `{"type": button_type, "index": i}`; `hover_class` adds that class and a
+    `data-index` attribute to each chip (for client-side hover views)."""
     chips = []
     top = max(weights) if weights else 0.0
     for i, token in enumerate(tokens[:limit]):
@@ -63,6 +83,10 @@ def token_chips(
         title = f"{i}: {token!r}" + (f" — {weights[i]:.4f}" if weights is not None else "")
         content = [html.Span(str(i), className="hs-index"), display_token(token)]
         class_name = "hs-token" + (" hs-token-query" if query == i else "")
+        extra = {}
+        if hover_class:
+            class_name += f" {hover_class}"
+            extra["data-index"] = str(i)
         if button_type:
             chips.append(
                 html.Button(
@@ -75,7 +99,9 @@ def token_chips(
                 )
             )
         else:
-            chips.append(html.Span(content, className=class_name, style=style, title=title))
+            chips.append(
+                html.Span(content, className=class_name, style=style, title=title, **extra)
+            )
     if len(tokens) > limit:
         chips.append(html.Span(f"… {len(tokens) - limit} more", className="hs-muted"))
     return chips

@@ -10,11 +10,12 @@ from dash.exceptions import PreventUpdate
 from headscope.analyses.taxonomy import INSUFFICIENT, MIN_SUPPORT
 from headscope.dashboard import results, routes
 from headscope.dashboard.components import card, graph, page_header, token_chips
-from headscope.dashboard.inputs import clicked_head
+from headscope.dashboard.inputs import check_head, clicked_head
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
+from headscope.errors import InputError
 from headscope.figures.heads import label_grid, layer_head_heatmap
-from headscope.figures.maps import head_grid
+from headscope.figures.maps import grid_head, head_grid
 from headscope.figures.style import message_figure
 
 SUMMARY_GRAPHS = ("overview-entropy", "overview-sink", "overview-labels")
@@ -32,7 +33,8 @@ def layout() -> list:
             "Attention maps, layer × head",
             graph("overview-grid", message="Computing…", height=420),
             note="Each thumbnail is one head's map (queries down, keys across), scaled to its "
-            "own maximum; long prompts are reduced by block max.",
+            "own maximum; long prompts are reduced by block max. Hover a cell for its query, "
+            "key and weight.",
         ),
         html.Div(
             [
@@ -105,7 +107,9 @@ def overview_outputs(session: ModelSession, store: dict | None) -> tuple:
         ]
         for li in range(len(layers))
     ]
-    grid = head_grid(record.pattern, layer_index=layers, head_index=heads, hover=hover)
+    grid = head_grid(
+        record.pattern, layer_index=layers, head_index=heads, hover=hover, tokens=state.tokens
+    )
     entropy = layer_head_heatmap(
         stats.entropy, colorbar_title="nats", layer_index=layers, head_index=heads
     )
@@ -134,7 +138,15 @@ def open_head(session: ModelSession, click_data: dict | None) -> str:
     """The head page path for a click on the grid or a summary heatmap."""
     if session.model is None or not click_data:
         raise PreventUpdate
-    picked = clicked_head(click_data, session.model.spec)
+    spec = session.model.spec
+    picked = clicked_head(click_data, spec)
+    if picked is None:  # a thumbnail cell: its x and y name the head
+        try:
+            point = click_data["points"][0]
+            named = grid_head(point.get("x"), point.get("y"))
+            picked = None if named is None else check_head(spec, *named)
+        except (TypeError, KeyError, IndexError, AttributeError, InputError):
+            picked = None
     if picked is None:
         raise PreventUpdate
     return routes.head_path(*picked)

@@ -14,6 +14,7 @@ from headscope.analyses import flow, position, spectral, taxonomy
 from headscope.analyses.relevance import relevance_from_gradients
 from headscope.analyses.summary import HeadSummary, head_summary
 from headscope.dashboard.session import ModelSession, PromptState
+from headscope.experiments import attention as model_attention
 from headscope.experiments import relevance as model_relevance
 from headscope.experiments import spectra as model_spectra
 
@@ -223,3 +224,48 @@ def warm_up(session: ModelSession, stop: threading.Event | None = None) -> None:
             step(session)
         except Exception:
             return
+
+
+# -- value-weighted attention (Kobayashi et al. 2020) ---------------------------------------------
+
+#: The weightings of the head page's maps and token views: the attention weights α,
+#: or α·‖v·W_O‖ with each query row renormalized to sum 1.
+WEIGHTINGS = {
+    "raw": "attention α",
+    "value": "value-weighted α·‖v·W_O‖",
+}
+
+
+def value_norms(session: ModelSession, state: PromptState) -> Tensor:
+    """‖v_{h,k}·W_O^h‖ per `[layer, head, key]` of the prompt (`experiments.attention.
+    value_norms`), memoized with it: one forward (under the model lock) per prompt,
+    after which every head's value-weighted map is a product."""
+
+    def compute() -> Tensor:
+        model = session.require_model()
+        batch = session.tokenize(state.prompt)
+        with session.lock:
+            return model_attention.value_norms(model, batch)
+
+    return state.cached("value-norms", compute)
+
+
+def head_map(session: ModelSession, state: PromptState, layer: int, head: int, weighting: str):
+    """One head's `[query, key]` map under `weighting` ("raw": the captured α;
+    "value": α·‖v·W_O‖ renormalized per query row, so rows still sum to 1)."""
+    pattern = state.record.map(layer, head)
+    if weighting != "value":
+        return pattern
+    norms = value_norms(session, state)
+    return model_attention.weight_by_value_norms(pattern, norms[layer, head])
+
+
+def layer_maps(session: ModelSession, state: PromptState, layer: int, weighting: str) -> Tensor:
+    """Every head's map of one layer, `[head, query, key]`, under `weighting`."""
+    record = state.record
+    li = record.layer_index.index(layer)
+    pattern = record.pattern[li]
+    if weighting != "value":
+        return pattern
+    norms = value_norms(session, state)[layer][list(record.head_index)]
+    return model_attention.weight_by_value_norms(pattern, norms)

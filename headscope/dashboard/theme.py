@@ -50,7 +50,9 @@ body { margin: 0; background: var(--hs-bg); }
   font-family: var(--hs-mono); font-size: 12px; }
 button.hs-token { cursor: pointer; }
 .hs-token-query { outline: 2px solid #d62728; }
-.hs-token .hs-index { color: #98a2b3; font-size: 10px; margin-right: 3px; }
+.hs-token .hs-index { color: inherit; opacity: .62; font-size: 10px; margin-right: 3px; }
+.hs-tchip { cursor: crosshair; }
+.hs-tchip.hs-token-query { outline-offset: 1px; }
 .hs-controls { display: flex; gap: 18px;
   flex-wrap: wrap; align-items: flex-end; margin-bottom: 8px; }
 .hs-control { display: flex; flex-direction: column; gap: 4px; min-width: 140px; }

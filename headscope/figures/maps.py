@@ -9,6 +9,7 @@ click can be mapped back to exact values (`map_block`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -158,15 +159,21 @@ def head_grid(
     hover: Sequence[Sequence[str]] | None = None,
     title: str = "",
     cell_px: int | None = None,
+    tokens: Sequence[str] | None = None,
 ) -> go.Figure:
     """All heads of one prompt as a layer × head grid of thumbnails (rows are
     layers), each reduced by block max to at most `thumb` cells per side and
     scaled to its own maximum so that every pattern is visible.
 
-    Hover and click land on an invisible marker at each thumbnail's centre whose
-    `customdata` is `[layer, head]` (model indices); `hover[l][h]` adds text.
-    `selected` (model indices) outlines one head. `cell_px`: the height of
-    one thumbnail row in pixels (default: sized for a 1300 px wide page).
+    Hovering a cell names its head, query and key (with `tokens`, their text)
+    and the weight (the block max when reduced; `customdata` holds the weights,
+    `z` the weights over the head's max). The axes are categories named
+    "layer L · query Q tok" (rows) and "head H · key K tok" (columns), so a
+    click's x and y name the head (`grid_head`). An invisible marker at each
+    thumbnail's centre keeps `customdata = [layer, head]` (model indices) and
+    the head's text (`hover[l][h]`), without hover of its own. `selected`
+    (model indices) outlines one head. `cell_px`: the height of one thumbnail
+    row in pixels (default: sized for a 1300 px wide page).
     """
     maps = float32(pattern)
     if maps.ndim != 4 or maps.shape[-1] != maps.shape[-2]:
@@ -179,72 +186,87 @@ def head_grid(
     gap = max(1, round(size * 0.12))
     pitch = size + gap
     canvas = np.full((n_layers * pitch - gap, n_heads * pitch - gap), np.nan, dtype=np.float32)
+    normalised = canvas.copy()
     for li in range(n_layers):
         for hi in range(n_heads):
             small = block_max(maps[li, hi], factor)
             peak = np.nanmax(small) if np.isfinite(small).any() else 0.0
-            canvas[li * pitch : li * pitch + size, hi * pitch : hi * pitch + size] = (
-                small / peak if peak > 0 else small
-            )
-    centre = (size - 1) / 2
+            rows, cols = slice(li * pitch, li * pitch + size), slice(hi * pitch, hi * pitch + size)
+            canvas[rows, cols] = small
+            normalised[rows, cols] = small / peak if peak > 0 else small
+    if tokens is not None and len(tokens) != n:
+        raise InputError(f"head_grid got {len(tokens)} tokens for maps of {n}")
+    x_names = _grid_names("head", heads, "key", tokens, n, factor, size, gap)
+    y_names = _grid_names("layer", layers, "query", tokens, n, factor, size, gap)
+    middle = size // 2
     xs, ys, custom, texts = [], [], [], []
     for li, layer in enumerate(layers):
         for hi, head in enumerate(heads):
-            xs.append(hi * pitch + centre)
-            ys.append(li * pitch + centre)
+            xs.append(x_names[hi * pitch + middle])
+            ys.append(y_names[li * pitch + middle])
             custom.append((layer, head))
             extra = f"<br>{plotly_text(hover[li][hi])}" if hover is not None else ""
             texts.append(f"layer {layer}, head {head}{extra}<br>click to open")
     row_px = cell_px if cell_px is not None else int(min(150, 1250 / n_heads))
     figure = base_figure(title, height=max(220, n_layers * row_px + 70))
+    what = "weight" if factor == 1 else "block max"
     figure.add_trace(
         go.Heatmap(
-            z=canvas,
+            z=normalised,
+            x=x_names,
+            y=y_names,
+            customdata=canvas,
             zmin=0.0,
             zmax=1.0,
             colorscale=SEQUENTIAL,
-            hoverinfo="skip",
+            hoverongaps=False,
+            hovertemplate=f"%{{y}}<br>%{{x}}<br>{what} %{{customdata:.4f}} "
+            "(%{z:.0%} of the head's max)<br>click to open the head<extra></extra>",
             showscale=True,
             colorbar={"title": {"text": "weight / head max", "side": "right"}, "thickness": 10},
         )
     )
     figure.add_trace(
         go.Scatter(
-            x=float32(xs),
-            y=float32(ys),
+            x=xs,
+            y=ys,
             mode="markers",
             marker={"size": 6, "opacity": 0.0},
             # A plain list on purpose: dash's clickData copies customdata[pointNumber]
             # from the figure as sent, which a base64 typed array does not support.
             customdata=[list(pair) for pair in custom],
             hovertext=texts,
-            hovertemplate="%{hovertext}<extra></extra>",
+            hoverinfo="skip",  # the cells answer hover and clicks
             showlegend=False,
         )
     )
+    category = {
+        "type": "category",
+        "categoryorder": "array",
+        "tickmode": "array",
+        "showgrid": False,
+        "zeroline": False,
+        "constrain": "domain",
+    }
     figure.update_layout(
         hovermode="closest",
         hoverdistance=-1,
         plot_bgcolor="#e9e9ee",
         xaxis={
-            "tickmode": "array",
-            "tickvals": float32([hi * pitch + centre for hi in range(n_heads)]),
+            **category,
+            "categoryarray": x_names,
+            "tickvals": [x_names[hi * pitch + middle] for hi in range(n_heads)],
             "ticktext": [f"H{h}" for h in heads],
-            "showgrid": False,
-            "zeroline": False,
             "side": "top",
-            "constrain": "domain",
-            "range": [-0.5, canvas.shape[1] - 0.5],
+            "range": [-0.5, len(x_names) - 0.5],
         },
         yaxis={
-            "tickmode": "array",
-            "tickvals": float32([li * pitch + centre for li in range(n_layers)]),
+            **category,
+            "categoryarray": y_names,
+            "tickvals": [y_names[li * pitch + middle] for li in range(n_layers)],
             "ticktext": [f"L{layer}" for layer in layers],
-            "showgrid": False,
-            "zeroline": False,
-            "autorange": "reversed",
+            "range": [len(y_names) - 0.5, -0.5],
             "scaleanchor": "x",
-            "constrain": "domain",
         },
         margin={"l": 50, "r": 20, "t": 60 if title else 36, "b": 10},
         meta={"factor": factor, "size": size, "pitch": pitch},
@@ -260,3 +282,49 @@ def head_grid(
             line={"color": HIGHLIGHT_COLOR, "width": 2},
         )
     return figure
+
+
+def _grid_names(
+    outer: str,
+    indices: Sequence[int],
+    role: str,
+    tokens: Sequence[str] | None,
+    n: int,
+    factor: int,
+    size: int,
+    gap: int,
+) -> list[str]:
+    """Category names of a head grid axis: one per cell ("head 3 · key 5 cat",
+    "layer 1 · queries 8–11"), and unique names for the gaps between thumbnails."""
+    names: list[str] = []
+    for i, index in enumerate(indices):
+        if i:
+            names.extend(f"gap {i}.{j}" for j in range(gap))
+        for b in range(size):
+            start = b * factor
+            if factor == 1:
+                cell = f"{role} {start}" + (
+                    "" if tokens is None else f" {token_label(tokens[start])}"
+                )
+            else:
+                cell = f"{_PLURAL[role]} {start}–{min(start + factor, n) - 1}"
+            names.append(f"{outer} {index} · {cell}")
+    return names
+
+
+_PLURAL = {"query": "queries", "key": "keys"}
+_GRID_NAME = re.compile(r"^(layer|head) (\d+) · ")
+
+
+def grid_head(x: object, y: object) -> tuple[int, int] | None:
+    """(layer, head) named by a head-grid cell's x and y categories (from a click),
+    or None when they are not the grid's names."""
+    found = {}
+    for value in (x, y):
+        match = _GRID_NAME.match(value) if isinstance(value, str) else None
+        if match is None:
+            return None
+        found[match.group(1)] = int(match.group(2))
+    if set(found) != {"layer", "head"}:
+        return None
+    return found["layer"], found["head"]

@@ -19,6 +19,10 @@ from headscope.figures.style import (
     token_label,
 )
 
+#: A log axis labelled at powers of ten only, written as powers (10⁻⁴, never "100μ"
+#: beside "0.001"); the ticks between decades stay unlabelled (no bare "2", "5").
+LOG_AXIS = {"type": "log", "exponentformat": "power", "minorloglabels": "none"}
+
 
 def sink_scores(
     scores: object,
@@ -206,7 +210,7 @@ def influence_by_distance(
         figure.add_trace(_baseline_line(x, base, baseline_name, colors[-1], "baseline"))
     figure.update_layout(
         xaxis={"title": {"text": "distance (query − key)"}},
-        yaxis={"title": {"text": "influence"}, "type": "log" if log_y else "linear"},
+        yaxis={"title": {"text": "influence"}, **(LOG_AXIS if log_y else {"type": "linear"})},
         legend={"font": {"size": 10}},
     )
     return figure

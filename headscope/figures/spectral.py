@@ -20,6 +20,10 @@ from headscope.figures.style import (
     plotly_text,
 )
 
+#: A log axis labelled at powers of ten only, written as powers (10⁻⁴, never "100μ"
+#: beside "0.001"); the ticks between decades stay unlabelled (no bare "2", "5").
+LOG_AXIS = {"type": "log", "exponentformat": "power", "minorloglabels": "none"}
+
 
 def singular_spectra(
     spectra: Mapping[str, object],
@@ -59,7 +63,7 @@ def singular_spectra(
         xaxis={"title": {"text": "index"}},
         yaxis={
             "title": {"text": "σ / σ₁" if normalize else "σ"},
-            "type": "log" if log_y else "linear",
+            **(LOG_AXIS if log_y else {"type": "linear"}),
         },
         legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
     )

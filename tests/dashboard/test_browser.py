@@ -262,3 +262,125 @@ def test_a_killed_background_job_shows_a_message(dash_duo, toy_model, monkeypatc
     assert "SIGKILL" in dash_duo.find_element("#flow-notes").text
     dash_duo.wait_for_style_to_equal("#flow-progress-block", "display", "none", timeout=10)
     assert dash_duo.get_logs() == []
+
+
+# -- token views (issue "The dashboard as a research instrument") ------------------------------
+
+CHIP_COLOURS = (
+    "return Array.from(document.querySelectorAll('#head-token-chips .hs-tchip'))"
+    ".map(c => [c.style.backgroundColor, c.classList.contains('hs-token-query'),"
+    " c.dataset.weight || ''])"
+)
+
+
+def chip_shading(dash_duo) -> tuple[list[float], int | None, list[str]]:
+    """(shade of each chip in [0, 1], the outlined chip, each chip's weight attribute)."""
+    shades, outlined, weights = [], None, []
+    for i, (colour, query, weight) in enumerate(dash_duo.driver.execute_script(CHIP_COLOURS)):
+        if colour.startswith("rgba(31, 95, 168,"):
+            shades.append(float(colour.rsplit(",", 1)[1].rstrip(")")))
+        else:
+            shades.append(1.0 if colour == "rgb(31, 95, 168)" else 0.0)
+        outlined = i if query else outlined
+        weights.append(weight)
+    return shades, outlined, weights
+
+
+def hover(dash_duo, selector: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(dash_duo.driver).move_to_element(dash_duo.find_element(selector)).perform()
+
+
+def assert_shaded_like(dash_duo, expected, hovered: int) -> None:
+    """The chips are shaded by `expected` (weights) over its max, `hovered` outlined
+    (chromium keeps a colour's alpha in 1/255 steps, hence the tolerance)."""
+    expected = [float(w) for w in expected]
+    top = max(expected)
+
+    def painted() -> bool:
+        shades, outlined, _ = chip_shading(dash_duo)
+        return outlined == hovered and all(
+            abs(s - w / top) < 5e-3 for s, w in zip(shades, expected, strict=True)
+        )
+
+    until(painted, timeout=10)
+    shades, _, weights = chip_shading(dash_duo)
+    assert shades.index(max(shades)) == expected.index(top)
+    assert all(abs(float(a) - b) < 1e-4 for a, b in zip(weights, expected, strict=True))
+
+
+def test_hovering_a_token_highlights_its_keys(dash_duo, toy_model, artifacts):
+    from headscope.dashboard import results
+
+    prompt = "red cat blue dog sun tree red cat blue dog sun"
+    app = create_app(model=toy_model)
+    dash_duo.start_server(app)
+    dash_duo.wait_for_page(dash_duo.server_url + "/head/1/3?prompt=" + prompt.replace(" ", "+"))
+    dash_duo.wait_for_text_to_equal("#head-title", "Layer 1, head 3", timeout=20)
+    until(lambda: len(dash_duo.find_elements("#head-token-chips .hs-tchip")) == 12, timeout=20)
+    idle(dash_duo)
+    session = app.headscope_session
+    state = session.state(prompt)
+    pattern = state.record.map(1, 3)
+    # the induction head: "dog" (query 10, second copy) attends to "sun", the token after
+    # the first "dog"; hovering it shades the keys by that row, darkest on the argmax
+    query = 10
+    key = int(pattern[query].argmax())
+    assert key == 5
+    hover(dash_duo, f"#head-token-chips .hs-tchip[data-index='{query}']")
+    assert_shaded_like(dash_duo, pattern[query].tolist(), query)
+    readout = dash_duo.find_element("#head-token-readout").text
+    assert readout.startswith(f"head 1.3 · query 10 dog attends to: 5 sun {pattern[10, 5]:.4f}")
+    dash_duo.driver.execute_script(
+        "document.getElementById('head-token-chips').scrollIntoView({block: 'center'})"
+    )
+    dash_duo.driver.save_screenshot(str(artifacts / "tokens.png"))
+    # "attended by": hovering a key shades the queries by their weight on it
+    dash_duo.find_element("#head-token-direction input[value='from']").click()
+    hover(dash_duo, f"#head-token-chips .hs-tchip[data-index='{key}']")
+    assert_shaded_like(dash_duo, pattern[:, key].tolist(), key)
+    assert "key 5 sun is attended by: 10 dog" in dash_duo.find_element("#head-token-readout").text
+    # value-weighted attention: the map and the shading follow, for the same token
+    dash_duo.find_element("#head-weighting input[value='value']").click()
+    dash_duo.wait_for_contains_text("#head-map", "value-weighted", timeout=20)
+    weighted = results.head_map(session, state, 1, 3, "value")
+    assert_shaded_like(dash_duo, weighted[:, key].tolist(), key)
+    # a head switch repaints the same token from the new head's map
+    dash_duo.find_element("#pick-0-2").click()
+    dash_duo.wait_for_text_to_equal("#head-title", "Layer 0, head 2", timeout=20)
+    assert_shaded_like(dash_duo, results.head_map(session, state, 0, 2, "value")[:, key], key)
+    idle(dash_duo)
+    assert dash_duo.get_logs() == []
+
+
+def test_attention_lines_and_thumbnail_cells_answer(dash_duo, toy_model, artifacts):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    dash_duo.start_server(create_app(model=toy_model))
+    dash_duo.wait_for_page(dash_duo.server_url + "/head/1/3")
+    dash_duo.wait_for_contains_text("#head-lines", "Layer 1, head 3", timeout=20)
+    assert "queries" in dash_duo.find_element("#head-lines").text
+    assert not dash_duo.find_elements("#head-lines .modebar-container .modebar-group")
+    dash_duo.find_element("#head-lines-scope input[value='layer']").click()
+    dash_duo.wait_for_contains_text("#head-lines", "Layer 1, every head", timeout=20)
+    legend = dash_duo.find_element("#head-lines .legend").text
+    assert all(f"head {h}" in legend for h in range(4))
+    idle(dash_duo)
+    dash_duo.driver.execute_script(
+        "document.getElementById('head-lines').scrollIntoView({block: 'start'})"
+    )
+    dash_duo.driver.save_screenshot(str(artifacts / "token-lines.png"))
+    # the overview's thumbnails name the query, the key and the weight of a cell
+    dash_duo.wait_for_page(dash_duo.server_url + "/")
+    dash_duo.wait_for_element("#overview-grid .nsewdrag", timeout=20)
+    idle(dash_duo)
+    drag = dash_duo.find_element("#overview-grid .nsewdrag")
+    width, height = drag.size["width"], drag.size["height"]
+    ActionChains(dash_duo.driver).move_to_element_with_offset(
+        drag, int(width * 0.92), int(height * 0.9)
+    ).perform()
+    until(lambda: "weight" in dash_duo.find_element("#overview-grid .hoverlayer").text, 10)
+    label = dash_duo.find_element("#overview-grid .hoverlayer").text
+    assert "layer 1 · query" in label and "head 3 · key" in label
+    assert dash_duo.get_logs() == []

@@ -522,3 +522,97 @@ def test_flow_page_bounds_exact_flow_by_prompt_length(minilm_model):
     figure, _, notes = flow.flow_outputs(session, short, None, 0.5)
     assert "attention flow" in flow_bars(figure) and "not computed" not in " ".join(texts(notes))
     assert flow.exact_flow_limit(session, 2) is None and flow.exact_flow_limit(session, 6) == 8
+
+
+# -- token views and value-weighted attention (issue "The dashboard as a research instrument") --
+
+
+def test_head_page_value_weighted_map_is_memoized_per_prompt(toy_session, monkeypatch):
+    from headscope.dashboard import results
+    from headscope.experiments import attention as model_attention
+
+    store = {"prompt": INDUCTION}
+    state = toy_session.state(INDUCTION)
+    state.memo.pop("value-norms", None)  # computed here, whatever ran before
+    calls = []
+    real = model_attention.value_norms
+    monkeypatch.setattr(
+        model_attention, "value_norms", lambda *a: calls.append(1) or real(*a), raising=True
+    )
+    _, raw, _, drawn_raw = head.head_main(toy_session, "/head/1/3", store)
+    title, figure, message, drawn = head.head_main(toy_session, "/head/1/3", store, "value")
+    assert title == "Layer 1, head 3" and message is None
+    assert drawn == drawn_raw + "|value" and "value-weighted" in figure.layout.title.text
+    norms = real(toy_session.model, toy_session.tokenize(INDUCTION))
+    expected = model_attention.weight_by_value_norms(state.record.map(1, 3), norms[1, 3])
+    np.testing.assert_allclose(figure.data[0].z, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(figure.data[0].z, raw.data[0].z)
+    # one forward for the prompt's value norms; every other head reuses them
+    for layer, head_index in [(0, 0), (0, 3), (1, 1)]:
+        head.head_main(toy_session, f"/head/{layer}/{head_index}", store, "value")
+        head.lines_figure(toy_session, f"/head/{layer}/{head_index}", store, "value", "layer")
+    assert len(calls) == 1 and results.value_norms(toy_session, state) is state.memo["value-norms"]
+    # junk weightings are raw attention
+    assert head.check_weighting("<b>") == "raw" and head.check_weighting("value") == "value"
+    # a clicked cell reports the value-weighted weight
+    click = {"points": [{"x": "5 sun", "y": "10 dog", "z": 0.5}]}
+    text = head.exact_values(toy_session, click, "/head/1/3", store, "value")
+    assert f"{float(expected[10, 5]):.6f}" in text
+
+
+def test_head_page_token_view_sends_the_map_for_the_hover(toy_session, monkeypatch):
+    store = {"prompt": INDUCTION}
+    state = toy_session.state(INDUCTION)
+    chips = head.token_view_chips(toy_session, store)
+    assert len(chips) == len(state.tokens) == 12
+    assert chips[3].className == "hs-token hs-tchip" and getattr(chips[3], "data-index") == "3"
+    data = head.token_view_data(toy_session, "/head/1/3", store)
+    assert data["head"] == "1.3" and data["scale"] == head.TOKEN_SCALE
+    assert data["tokens"][0] == "<bos>" and data["tokens"][7] == "red"
+    weights = np.array(data["weights"]) / data["scale"]
+    pattern = state.record.map(1, 3).numpy()
+    np.testing.assert_allclose(weights, pattern, atol=0.6 / head.TOKEN_SCALE)
+    # the induction head: query 10 ("dog", second copy) attends to key 5 ("sun")
+    assert np.argmax(data["weights"], axis=1).tolist() == pattern.argmax(1).tolist()
+    assert int(np.argmax(data["weights"][10])) == 5
+    value = head.token_view_data(toy_session, "/head/1/3", store, "value")
+    assert value["weighting"] == "value" and value["weights"] != data["weights"]
+    monkeypatch.setattr(head, "TOKEN_VIEW_MAX", 8)
+    long = head.token_view_data(toy_session, "/head/1/3", store)
+    assert long["weights"] is None and "up to 8 tokens; this one has 12" in long["note"]
+
+
+def test_head_page_attention_lines_for_the_head_and_its_layer(toy_session):
+    store = {"prompt": INDUCTION}
+    one = head.lines_figure(toy_session, "/head/1/3", store)
+    assert one.layout.title.text == "Layer 1, head 3" and one.layout.showlegend is False
+    every = head.lines_figure(toy_session, "/head/1/3", store, "raw", "layer")
+    assert every.layout.title.text == "Layer 1, every head" and every.layout.showlegend
+    names = [trace.name for trace in every.data if trace.showlegend is not False]
+    assert names == [f"head {h}" for h in range(4)]
+    # markup in the prompt stays text in the labels
+    xss = head.lines_figure(toy_session, "/head/0/0", {"prompt": f"red {XSS}"})
+    assert all("<img" not in label for label in xss.data[-1].text)
+
+
+def test_overview_thumbnails_name_the_cell_and_open_its_head(toy_session):
+    _chips, grid, *_ = overview.overview_outputs(toy_session, PROMPT)
+    canvas = grid.data[0]
+    assert "head 3 · key 2 cat" in list(canvas.x) and "layer 1 · query 12 cat" in list(canvas.y)
+    assert "%{customdata:.4f}" in canvas.hovertemplate
+    click = {"points": [{"x": "head 3 · key 2 cat", "y": "layer 1 · query 12 cat", "z": 0.9}]}
+    assert overview.open_head(toy_session, click) == "/head/1/3"
+    from dash.exceptions import PreventUpdate
+
+    for point in ({"x": "gap 1.0", "y": "layer 1 · query 3 dog"}, {"x": "head 9 · key 1", "y": 3}):
+        with pytest.raises(PreventUpdate):
+            overview.open_head(toy_session, {"points": [point]})
+
+
+def test_small_panels_have_no_toolbar():
+    from headscope.dashboard.components import graph
+
+    assert graph("small", height=260).config["displayModeBar"] is False
+    assert graph("large", height=600).config["displayModeBar"] == "hover"
+    assert graph("forced", height=600, toolbar=False).config["displayModeBar"] is False
+    assert graph("large", height=600).config["displaylogo"] is False
