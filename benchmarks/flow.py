@@ -8,6 +8,13 @@ patterns: ``flow.augment`` then ``maxflow.pairwise_max_flow`` (the work of
 ``attention_flow(normalize=False)``, which also reports how each stage solved the pairs);
 the table shows time, speedup and the largest absolute difference of the raw flows.
 
+Real maps: MiniLM (the built-in ``minilm``, 6 layers × 12 heads; its weights ship with the
+package) on an English text cut to N tokens. For each N: the exact solve (``--real-exact``
+caps the N it is tried at, since it grows much faster than on the synthetic maps), a
+networkx check of a seeded sample of pairs, how many pairs equal their end-cut bound, and
+``approximate_flow`` (top-k pruning) with its certified bracket. Rollout at large N: an
+``iter_rollout`` stream of seeded softmax layers, one generated at a time, with peak RSS.
+
 Usage: .venv/bin/python benchmarks/flow.py [--quick] [--out benchmarks/results/flow.json]
 """
 
@@ -19,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -97,6 +105,119 @@ def run_case(kind: str, n: int, n_layers: int, with_reference: bool, workers: in
     return row
 
 
+TEXT = (
+    "The history of natural language processing generally started in the 1950s, although "
+    "work can be found from earlier periods. In 1950, Alan Turing published an article titled "
+    "Computing Machinery and Intelligence which proposed what is now called the Turing test as "
+    "a criterion of intelligence. The Georgetown experiment in 1954 involved fully automatic "
+    "translation of more than sixty Russian sentences into English. The authors claimed that "
+    "within three or five years, machine translation would be a solved problem. However, real "
+    "progress was much slower, and after the ALPAC report in 1966, which found that ten years "
+    "of research had failed to fulfill the expectations, funding for machine translation was "
+    "dramatically reduced. Little further research in machine translation was conducted until "
+    "the late 1980s when the first statistical machine translation systems were developed."
+)
+
+
+def minilm_maps(model, n: int) -> np.ndarray:
+    """MiniLM attention [layer head query key] on the longest prefix of TEXT (whole words)
+    with at most n tokens ([CLS] and [SEP] included)."""
+    import headscope as hs
+
+    words = TEXT.split()
+    best = 1
+    for count in range(1, len(words) + 1):
+        length = model.tokenize(" ".join(words[:count])).lengths[0]
+        if length > n:
+            break
+        best = count
+    record = hs.capture(model, " ".join(words[:best]))
+    return record.pattern.double().numpy()
+
+
+def real_case(model, n: int, exact: bool, sample: int, top_k: int, workers: int | None) -> dict:
+    from headscope.analyses import prunedflow
+
+    pattern = minilm_maps(model, n)
+    tensor = torch.from_numpy(pattern)
+    ahat = flow.augment(tensor).numpy()
+    n_layers, n_real = ahat.shape[0], ahat.shape[-1]
+    row = {"n": n_real, "layers": n_layers, "heads": pattern.shape[1]}
+    print(
+        f"  minilm N={n_real}: capacities {np.quantile(ahat[ahat > 0], [0, 0.5, 1])}",
+        file=sys.stderr,
+        flush=True,
+    )
+    end_cut = np.minimum(ahat[-1].sum(1)[:, None], ahat[0].sum(0)[None, :])
+    if exact:
+        start = time.perf_counter()
+        solved = maxflow.pairwise_max_flow(ahat, workers=workers)
+        row["exact_s"] = time.perf_counter() - start
+        row["stages"] = dataclasses.asdict(solved.stats)
+        values = solved.values
+        row["end_cut_tight"] = float(np.mean(np.abs(values - end_cut) <= 1e-12))
+        rng = np.random.default_rng(n_real)
+        pairs = rng.integers(0, n_real, size=(sample, 2))
+        graph = flow.flow_graph(tensor)
+        start = time.perf_counter()
+        reference = np.array(
+            [nx.maximum_flow_value(graph, (n_layers, int(i)), (0, int(j))) for i, j in pairs]
+        )
+        row["reference_pairs"] = sample
+        row["reference_s_per_pair"] = (time.perf_counter() - start) / sample
+        row["max_abs_diff"] = float(np.abs(values[pairs[:, 0], pairs[:, 1]] - reference).max())
+        print(f"  exact {row['exact_s']:.2f} s {row['stages']}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    approx = flow.approximate_flow(tensor, top_k=top_k, workers=workers)
+    row["approx_top_k"] = top_k
+    row["approx_s"] = time.perf_counter() - start
+    row["approx_kept"] = approx.kept
+    row["approx_bound_mean"] = float(approx.bound.mean())
+    row["approx_bound_max"] = float(approx.bound.max())
+    row["approx_prior_bound"] = prunedflow.prior_bound(
+        ahat, prunedflow.pruning_mask(ahat, top_k=top_k)
+    )
+    if exact:
+        row["approx_err_mean"] = float((values - approx.values).mean())
+        row["approx_in_bracket"] = bool(
+            ((approx.values <= values + 1e-12) & (values <= approx.upper + 1e-12)).all()
+        )
+    print(f"  approx {row['approx_s']:.2f} s", file=sys.stderr, flush=True)
+    return row
+
+
+def rollout_case(n: int, n_layers: int, heads: int) -> dict:
+    """iter_rollout over a stream of seeded softmax layers [head query key] (float32)."""
+    generator = torch.Generator().manual_seed(n)
+
+    def layers():
+        for _ in range(n_layers):
+            logits = torch.randn((heads, n, n), generator=generator).mul_(4.0)
+            yield torch.softmax(logits, dim=-1)
+            del logits
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    last = torch.empty(0)
+    for current in flow.iter_rollout(layers()):  # keeps one layer's rollout, not all of them
+        last = current
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    row_error = float((last.sum(1) - 1).abs().max())
+    print(f"  rollout N={n} L={n_layers}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    return {
+        "n": n,
+        "layers": n_layers,
+        "heads": heads,
+        "seconds": seconds,
+        "peak_rss_mb": peak / 1024,
+        "peak_rss_growth_mb": (peak - before) / 1024,
+        "input_layer_mb": heads * n * n * 4 / 2**20,
+        "full_pattern_float64_mb": n_layers * heads * n * n * 8 / 2**20,
+        "max_row_sum_error": row_error,
+    }
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| pattern | N | layers | reference (networkx) s | headscope s | speedup | max abs diff |",
@@ -118,6 +239,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes only (a minute)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flow.json"))
     parser.add_argument("--workers", type=int, default=None, help="attention_flow workers")
+    parser.add_argument("--real-exact", type=int, default=64, help="largest N solved exactly")
+    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--skip-real", action="store_true", help="no MiniLM real-map cases")
     args = parser.parse_args()
 
     if args.quick:
@@ -133,7 +257,20 @@ def main() -> None:
         plan += [("softmax", 64, 6, False)]
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if args.skip_synthetic:
+        plan = []
     rows = [run_case(kind, n, layers, ref, args.workers) for kind, n, layers, ref in plan]
+    rollouts = [rollout_case(n, 6, 12) for n in ((1024,) if args.quick else (1024, 4096))]
+    real = []
+    if not args.skip_real:
+        import headscope as hs
+
+        model = hs.load_model("minilm")
+        real_plan = (34,) if args.quick else (34, 64, 128)
+        real = [
+            real_case(model, n, n <= args.real_exact, 10 if args.quick else 30, 4, args.workers)
+            for n in real_plan
+        ]
     result = {
         "benchmark": "attention_flow",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -157,10 +294,14 @@ def main() -> None:
         "reference": "networkx maximum_flow_value (edmonds_karp) per pair, graph built once",
         "workers": args.workers,
         "rows": rows,
+        "real_maps": real,
+        "rollout": rollouts,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(rows))
+    print(json.dumps(real, indent=1))
+    print(json.dumps(rollouts, indent=1))
     print(f"\n{os.cpu_count()} CPUs, load average {load}; wrote {args.out}")
 
 

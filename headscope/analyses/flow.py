@@ -12,11 +12,14 @@ Conventions (docs/methods.md §1):
   inputs are never mutated. Rollout rows sum to 1; flow values lie in ``[0, 1]``.
 - Memory: O(L·N²) float64 for ``Â`` and the results; the max-flow solver
   (:mod:`headscope.analyses.maxflow`) adds O(L·N²) plus a bounded batch of edges.
+  :func:`iter_rollout` needs three float64 ``[N, N]`` whatever L (any N, one layer at a
+  time); :func:`approximate_flow` (:mod:`headscope.analyses.prunedflow`) solves pruned
+  networks and returns a certified bracket of the exact flow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import networkx as nx
@@ -26,15 +29,17 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from headscope._deprecated import moved
-from headscope.analyses import maxflow
+from headscope.analyses import maxflow, prunedflow
 from headscope.analyses.checks import check_pattern
 from headscope.errors import InputError
 
 __all__ = [
+    "approximate_flow",
     "attention_flow",
     "augment",
     "content_free_baseline",
     "flow_graph",
+    "iter_rollout",
     "rollout",
     "rollout_per_head",
 ]
@@ -61,6 +66,47 @@ def _check_residual(residual: float) -> float:
     return residual
 
 
+def _layer_weights(
+    pattern: Tensor, head_weights: HeadWeightsLike | None, n_layers: int | None
+) -> Tensor | None:
+    """Validated per-layer head weights ``[layer head]`` summing to 1 per layer, or None for a
+    plain mean. ``n_layers`` is None for a stream of unknown length (``[head]`` weights only)."""
+    if head_weights is None:
+        return None
+    n_heads = pattern.shape[-3]
+    if not isinstance(head_weights, Tensor):
+        head_weights = torch.as_tensor(head_weights)
+    w = head_weights.detach().to(device=pattern.device, dtype=torch.float64)
+    expected = (n_heads,) if n_layers is None else (n_layers, n_heads)
+    if w.shape == (n_heads,) and n_layers is not None:
+        w = w.expand(n_layers, n_heads)
+    if w.shape != expected:
+        shapes = f"[head] = {(n_heads,)}"
+        if n_layers is not None:
+            shapes = f"[layer head] = {(n_layers, n_heads)} or " + shapes
+        raise InputError(f"head_weights must have shape {shapes}, got {tuple(head_weights.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise InputError("head_weights must be finite and non-negative")
+    totals = w.sum(dim=-1, keepdim=True)
+    if (totals <= 0).any():
+        raise InputError("head_weights must have a positive sum in every layer")
+    return w / totals
+
+
+def _layer_mean(layer: Tensor, weights: Tensor | None) -> Tensor:
+    """Float64 (weighted) head mean of one layer ``[head query key]`` (or the map itself for
+    ``[query key]``), accumulated one head at a time: memory two float64 ``[query key]``."""
+    if layer.dim() == 2:
+        return layer.detach().to(torch.float64).clone()
+    n_heads = layer.shape[0]
+    total = torch.zeros(layer.shape[-2:], dtype=torch.float64, device=layer.device)
+    for head in range(n_heads):
+        weight = 1.0 / n_heads if weights is None else float(weights[head])
+        if weight:
+            total.add_(layer[head].detach().to(torch.float64), alpha=weight)
+    return total
+
+
 def _head_mean(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"],
     head_weights: HeadWeightsLike | None,
@@ -79,26 +125,13 @@ def _head_mean(
             "pattern must be [layer head query key] or [layer query key], got shape "
             f"{tuple(pattern.shape)}"
         )
-    n_layers, n_heads = pattern.shape[:2]
-    p64 = pattern.detach().to(torch.float64)
-    if head_weights is None:
-        return p64.mean(dim=1)
-    if not isinstance(head_weights, Tensor):
-        head_weights = torch.as_tensor(head_weights)
-    w = head_weights.detach().to(device=pattern.device, dtype=torch.float64)
-    if w.shape == (n_heads,):
-        w = w.expand(n_layers, n_heads)
-    if w.shape != (n_layers, n_heads):
-        raise InputError(
-            f"head_weights must have shape [layer head] = {(n_layers, n_heads)} or [head] = "
-            f"{(n_heads,)}, got {tuple(head_weights.shape)}"
-        )
-    if not torch.isfinite(w).all() or (w < 0).any():
-        raise InputError("head_weights must be finite and non-negative")
-    totals = w.sum(dim=1, keepdim=True)
-    if (totals <= 0).any():
-        raise InputError("head_weights must have a positive sum in every layer")
-    return torch.einsum("lh,lhqk->lqk", w / totals, p64)
+    weights = _layer_weights(pattern, head_weights, pattern.shape[0])
+    out = torch.empty(
+        (pattern.shape[0], *pattern.shape[-2:]), dtype=torch.float64, device=pattern.device
+    )
+    for layer in range(pattern.shape[0]):
+        out[layer] = _layer_mean(pattern[layer], None if weights is None else weights[layer])
+    return out
 
 
 def augment(
@@ -122,6 +155,87 @@ def augment(
 # --------------------------------------------------------------------------- rollout
 
 
+#: One layer of a stream for :func:`iter_rollout`: ``[head query key]`` or ``[query key]``.
+LayerMap = Float[Tensor, "head query key"] | Float[Tensor, "query key"]
+
+
+def iter_rollout(
+    layers: Float[Tensor, "layer head query key"]
+    | Float[Tensor, "layer query key"]
+    | Iterable[LayerMap],
+    residual: float = 0.5,
+    head_weights: HeadWeightsLike | None = None,
+) -> Iterator[Float[Tensor, "query key"]]:
+    """Attention rollout layer by layer (Abnar & Zuidema 2020): yields ``R_1, R_2, …``.
+
+    ``layers`` is a stacked pattern (iterated over its first dimension) or any iterable of
+    per-layer maps, input layer first, each ``[head query key]`` or ``[query key]`` in any
+    float dtype: a generator that loads or captures one layer at a time never holds the
+    others. ``R_l = Â_l · R_{l−1}`` (``R_0 = I``) with ``Â_l = r·I + (1 − r)·Ā_l``, computed
+    as ``(1 − r)·(Ā_l · R_{l−1}) + r·R_{l−1}`` so that ``Â`` is never formed. Each yielded
+    ``R_l`` is a new float64 tensor (rows sum to 1); to keep only the last one, loop
+    (``for last in iter_rollout(maps): pass``) rather than unpack (``*_, last = …`` holds
+    every layer). ``head_weights`` is ``[head]`` (shared by every
+    layer) or ``[layer head]`` when ``layers`` is a stacked 4-D tensor.
+
+    Memory: three float64 ``[query key]`` (``R_{l−1}``, ``Ā_l``, the product) plus one
+    input layer, whatever the number of layers: 400 MB at N = 4096. Time: one N³ product
+    per layer after the first.
+    """
+    residual = _check_residual(residual)
+    stacked = isinstance(layers, Tensor)
+    if stacked:
+        check_pattern(layers, min_dims=3)
+        if layers.dim() not in (3, 4):
+            raise InputError(
+                "pattern must be [layer head query key] or [layer query key], got shape "
+                f"{tuple(layers.shape)}"
+            )
+    if stacked and head_weights is not None and layers.dim() != 4:
+        raise InputError(
+            "head_weights needs a pattern with a head dimension [layer head query key], "
+            f"got shape {tuple(layers.shape)}"
+        )
+    stacked_weights = (
+        _layer_weights(layers, head_weights, layers.shape[0])
+        if stacked and head_weights is not None
+        else None
+    )
+    current: Tensor | None = None
+    for index, layer in enumerate(layers):
+        weights = None if stacked_weights is None else stacked_weights[index]
+        if not stacked:
+            if not isinstance(layer, Tensor) or layer.dim() not in (2, 3):
+                got = tuple(layer.shape) if isinstance(layer, Tensor) else type(layer).__name__
+                raise InputError(
+                    f"layer {index} must be a [head query key] or [query key] tensor, got {got}"
+                )
+            check_pattern(layer, name=f"layer {index}")
+            if head_weights is not None:
+                if layer.dim() != 3:
+                    raise InputError(
+                        "head_weights needs layers with a head dimension [head query key], "
+                        f"got a layer of shape {tuple(layer.shape)}"
+                    )
+                weights = _layer_weights(layer, head_weights, None)
+        mean = _layer_mean(layer, weights)
+        if current is not None and mean.shape != current.shape:
+            raise InputError(
+                f"layer {index} has shape {tuple(mean.shape)}, the layers before it "
+                f"{tuple(current.shape)}"
+            )
+        if current is None:
+            mean.mul_(1.0 - residual)
+            mean.diagonal().add_(residual)
+            current = mean
+        else:
+            product = mean @ current
+            del mean
+            product.mul_(1.0 - residual).add_(current, alpha=residual)
+            current = product
+        yield current
+
+
 def rollout(
     pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"],
     residual: float = 0.5,
@@ -133,14 +247,26 @@ def rollout(
     renormalization of the product. ``R[l][i, j]`` is how much of output ``i`` after layer
     ``l`` traces back to input token ``j``. Invariant: rows of every ``R_l`` sum to 1 (a
     product of row-stochastic matrices). Known answers: ``Â = I`` gives ``I``; uniform
-    bidirectional ``J/n`` gives ``0.5^L·I + (1 − 0.5^L)·J/n``. Memory: O(L·N²); time O(L·N³).
+    bidirectional ``J/n`` gives ``0.5^L·I + (1 − 0.5^L)·J/n``. Memory: the float64
+    ``[layer query key]`` result plus :func:`iter_rollout`'s three ``[query key]`` (the
+    input is read one layer at a time, never copied whole); time O(L·N³). For long
+    inputs where only the last layer matters use :func:`iter_rollout`.
     """
-    ahat = augment(pattern, residual, head_weights)
-    out = torch.empty_like(ahat)
-    current = ahat[0]
-    out[0] = current
-    for layer in range(1, ahat.shape[0]):
-        current = ahat[layer] @ current
+    if not isinstance(pattern, Tensor) or pattern.dim() not in (3, 4):
+        check_pattern(pattern, min_dims=3)
+        raise InputError(
+            "pattern must be [layer head query key] or [layer query key], got shape "
+            f"{tuple(pattern.shape)}"
+        )
+    if pattern.dim() == 3 and head_weights is not None:
+        raise InputError(
+            "head_weights needs a pattern with a head dimension [layer head query key], "
+            f"got shape {tuple(pattern.shape)}"
+        )
+    out = torch.empty(
+        (pattern.shape[0], *pattern.shape[-2:]), dtype=torch.float64, device=pattern.device
+    )
+    for layer, current in enumerate(iter_rollout(pattern, residual, head_weights)):
         out[layer] = current
     return out
 
@@ -244,6 +370,38 @@ def attention_flow(
     else:
         out = raw.copy()  # the solver's result is read-only
     return torch.from_numpy(out).to(ahat.device)
+
+
+def approximate_flow(
+    pattern: Float[Tensor, "layer head query key"] | Float[Tensor, "layer query key"],
+    residual: float = 0.5,
+    *,
+    top_k: int | None = None,
+    mass: float | None = None,
+    keep_ends: bool = True,
+    head_weights: HeadWeightsLike | None = None,
+    workers: int | None = None,
+) -> prunedflow.PrunedFlow:
+    """Attention flow on a pruned network, with a certified bound on its error
+    (docs/methods.md §1.2; Abnar & Zuidema 2020 for the flow itself).
+
+    Every layer of ``Â`` (:func:`augment`) keeps each query's ``top_k`` largest edges, or
+    its largest edges up to ``1 − mass`` of the row (give one; ``top_k=8`` when neither is
+    given), plus the residual diagonal and, with ``keep_ends``, all of the first and last
+    layer. Returns :class:`~headscope.analyses.prunedflow.PrunedFlow` with raw (not
+    normalized) ``values`` = the pruned network's max-flow and ``upper``, such that
+    ``values <= attention_flow(..., normalize=False) <= upper`` for every pair, exactly:
+    pruning can only lower a max-flow, and the cut that certifies the pruned flow, priced
+    with the pruned edges put back, is a cut of the full network. ``bound = upper −
+    values`` is therefore a certified error. See :mod:`headscope.analyses.prunedflow` for
+    the proof, the a priori bound and the cost (N² sparse max-flows).
+    """
+    if top_k is None and mass is None:
+        top_k = 8
+    ahat = augment(pattern, residual, head_weights)
+    return prunedflow.pruned_max_flow(
+        ahat.cpu().numpy(), top_k=top_k, mass=mass, keep_ends=keep_ends, workers=workers
+    )
 
 
 # --------------------------------------------------------------------------- baseline

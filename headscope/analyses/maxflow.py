@@ -25,6 +25,7 @@ forked worker shares the parent's arrays copy-on-write).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -60,11 +61,17 @@ _CERTIFY_TOL = 1e-12
 # slowest component does not hold up many others (Dinic's phases are shared by the batch).
 _EDGE_BUDGET = 300_000
 _TOP_K = 2
+# A second, wider ladder (top-max(8, N/8)) for inputs where the first certifies little (real
+# attention maps). MiniLM at N = 64, one process: 37-39 s with k = 8, 43-48 s with 16, 53 s
+# with 4, 74 s without (docs/benchmarks.md).
+_WIDE_K_MIN = 8
 # The shared certificate runs on the top-k edges per row and column (a subgraph: its flows
 # are still lower bounds), which is enough for dense attention and many times faster.
 _SHARED_K = 16
 # Below this many L·N³ operations forking workers costs more than it saves.
 _PARALLEL_WORK = 4_000_000
+# ... unless a per-pair stage is left with this many edges (real maps: about 1 s of work).
+_PARALLEL_EDGES = 2_000_000
 _DEFAULT_WORKERS = 2
 
 _Edges = tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -134,7 +141,10 @@ def pairwise_max_flow(
        is solved entirely here, with O(N) max-flows instead of N².
     3. Ladder: a max-flow on an O(L·N) subgraph per pair (edges out of i, into j, the
        diagonal, top-2 per row and column) gives a lower bound; the pair is solved when it
-       meets the cut bound or the full-graph capacity of the subgraph's min cut.
+       meets the cut bound or the full-graph capacity of the subgraph's min cut. Where it
+       certifies fewer than half its pairs (real attention maps, whose flow runs through
+       many small edges; N >= 48), the rest try a wider ladder (top-max(8, N/8)) the same
+       way.
     4. The pairs left get a max-flow on their full pruned graph.
 
     Every max-flow is exact in float64 (see ``_exact_max_flow``: scipy's integer Dinic plus
@@ -143,18 +153,20 @@ def pairwise_max_flow(
     O(L·N²)-edge graphs; typical dense inputs need O(N). Memory: see the module docstring.
 
     ``workers``: processes for the independent max-flows of stages 2–4 (fork; ``None`` uses
-    up to 2 when ``L·N³ >= 4e6``, 1 means in-process; 1 wherever fork is unavailable). The
+    up to 2 when ``L·N³ >= 4e6``, and for stages 3–4 also when their pairs hold ``>= 2e6``
+    edges in all, as on real maps; 1 means in-process; 1 wherever fork is unavailable). The
     pool is shut down before the call returns or raises, so no worker outlives it. Raises
     :class:`~headscope.errors.InputError` for a bad ``ahat`` or ``workers < 1``.
     """
     capacities = _checked_capacities(ahat)
     n_layers, n, _ = capacities.shape
+    automatic = workers is None
     workers = _resolve_workers(workers, n_layers, n)
     if n_layers <= 2:
         values = capacities[0].copy() if n_layers == 1 else _two_layer_flow(capacities)
         stats = FlowSolveStats(closed_form=n * n, workers=workers)
     else:
-        values, stats = _layered_flow(capacities, workers)
+        values, stats = _layered_flow(capacities, workers, automatic)
     values.flags.writeable = False
     return PairwiseFlow(values=values, stats=stats)
 
@@ -653,9 +665,15 @@ def _pair_jobs(
     return jobs
 
 
-def _layered_flow(ahat: np.ndarray, workers: int) -> tuple[np.ndarray, FlowSolveStats]:
-    """Raw max-flow for every (output, input) pair of a network with three or more layers."""
-    n_layers = ahat.shape[0]
+def _layered_flow(
+    ahat: np.ndarray, workers: int, automatic: bool = False
+) -> tuple[np.ndarray, FlowSolveStats]:
+    """Raw max-flow for every (output, input) pair of a network with three or more layers.
+
+    ``automatic`` (the caller passed ``workers=None``): a per-pair stage whose pairs hold at
+    least ``_PARALLEL_EDGES`` edges in all also forks workers, whatever N: on real maps few
+    pairs are certified cheaply and the rest cost far more than the ``L·N³`` rule assumes."""
+    n_layers, n = ahat.shape[0], ahat.shape[1]
     down, up = _reachability(ahat)
     reach = down[0]
     bound_src = ahat[n_layers - 1] @ up[n_layers - 1].astype(np.float64)
@@ -673,21 +691,39 @@ def _layered_flow(ahat: np.ndarray, workers: int) -> tuple[np.ndarray, FlowSolve
     shared = int((~np.isnan(raw)).sum()) - unreachable
     shared_seconds = time.perf_counter() - start
 
-    solved_by: dict[str, int] = {}
-    seconds: dict[str, float] = {}
-    for stage in ("ladder", "full"):
+    solved_by = {"ladder": 0, "full": 0}
+    seconds = {"ladder": 0.0, "full": 0.0}
+    used = workers
+    wide_k = max(_WIDE_K_MIN, n // 8)
+    for stage, k in (("ladder", _TOP_K), ("ladder", wide_k), ("full", 0)):
         start = time.perf_counter()
         queries, keys = np.nonzero(np.isnan(raw))
+        stage_network = network
+        if stage == "ladder" and k != _TOP_K:
+            # the wide ladder (real maps: flow carried by many small edges) only where the
+            # narrow one certified less than half its pairs and is much sparser than the graph
+            tried = solved_by["ladder"] + len(queries)
+            if n < 6 * k or not tried or solved_by["ladder"] >= tried / 2:
+                continue
+            stage_network = dataclasses.replace(network, ladder_edges=_top_k_edges(ahat, k, False))
         counts = np.minimum(down_count[:, queries], up_count[:, keys]).astype(np.float64)
         if stage == "ladder":
-            per_pair = 5.0 * counts.sum(axis=0) + 1
+            per_pair = (5.0 if k == _TOP_K else 3.0 + 2.0 * k) * counts.sum(axis=0) + 1
         else:
             per_pair = (counts[1:] * counts[:-1]).sum(axis=0) + 1
-        jobs = _pair_jobs(queries, keys, per_pair, stage == "ladder", workers)
-        values = np.concatenate(_run(_pairs_job, network, jobs, workers)) if jobs else np.empty(0)
+        stage_workers = workers
+        if automatic and workers == 1 and float(per_pair.sum()) >= _PARALLEL_EDGES:
+            stage_workers = _resolve_workers(None, 1, 1 << 20)  # as many as a large input
+        used = max(used, stage_workers)
+        jobs = _pair_jobs(queries, keys, per_pair, stage == "ladder", stage_workers)
+        values = (
+            np.concatenate(_run(_pairs_job, stage_network, jobs, stage_workers))
+            if jobs
+            else np.empty(0)
+        )
         raw[queries, keys] = values
-        solved_by[stage] = int((~np.isnan(values)).sum())
-        seconds[stage] = time.perf_counter() - start
+        solved_by[stage] += int((~np.isnan(values)).sum())
+        seconds[stage] += time.perf_counter() - start
     if np.isnan(raw).any():  # pragma: no cover - the full-graph stage always certifies
         raise RuntimeError("attention_flow: some pairs were not solved")
     stats = FlowSolveStats(
@@ -698,7 +734,7 @@ def _layered_flow(ahat: np.ndarray, workers: int) -> tuple[np.ndarray, FlowSolve
         shared_seconds=shared_seconds,
         ladder_seconds=seconds["ladder"],
         full_seconds=seconds["full"],
-        workers=workers,
+        workers=used,
     )
     return raw, stats
 

@@ -253,6 +253,7 @@ class _Workspace:
         self._probs = torch.empty(self._size, dtype=torch.float32, device=device)
         self._scratch: Tensor | None = None
         self._triangles: dict[int, Tensor] = {}
+        self._ones: dict[int, Tensor] = {}
         self.device = device
 
     @staticmethod
@@ -269,6 +270,12 @@ class _Workspace:
         if self._scratch is None:
             self._scratch = torch.empty(self._size, dtype=torch.float32, device=self.device)
         return self._view(self._scratch, *shape)
+
+    def ones(self, rows: int) -> Tensor:
+        """`[1, rows]` of ones (a row vector for column sums by GEMM)."""
+        if rows not in self._ones:
+            self._ones[rows] = torch.ones(1, rows, device=self.device)
+        return self._ones[rows]
 
     def upper_triangle(self, rows: int) -> Tensor:
         """`[rows, rows − 1]`, True at column ≥ row: the keys right of each query."""
@@ -321,7 +328,10 @@ class _Statistics:
         v["max_weight"][:, :, rows] = best
         v["argmax_key"][:, :, rows] = best_index + lo
         v["mean_distance"][:, :, rows] = torch.einsum("bhrk,rk->bhr", probs, distance)
-        v["key_mass"][:, :, lo : lo + probs.shape[-1]] += probs.sum(dim=-2)
+        # Column sums as a ones-vector GEMM: one vectorized read of the tile, ~1.4x
+        # faster than sum(dim=-2), which reduces across rows.
+        column_sums = torch.matmul(workspace.ones(probs.shape[-2]), probs)
+        v["key_mass"][:, :, lo : lo + probs.shape[-1]] += column_sums[..., 0, :]
         if structure.causal and structure.window is None and probs.is_contiguous():
             self._fold_diagonals(probs, position, rows, sink_k)
         else:
@@ -449,6 +459,9 @@ def tiled_attention(
     device, f32 = q.device, torch.float32
     structure = _Structure(causal, window, n_key - n_query, n_query, n_key)
     scale = d_head**-0.5 if scale is None else float(scale)
+    # A power-of-two scale (1/8 for d_head 64) applied as the GEMM's alpha is exact:
+    # the same scores as (q·kᵀ)·scale, without a separate pass over the tile.
+    exact_alpha = math.frexp(scale)[0] == 0.5
     tile = query_tile or default_query_tile(batch, n_heads, n_key)
     map_heads = tuple(int(h) for h in (keep_maps_for_heads or ()))
     if any(not 0 <= h < n_heads for h in map_heads):
@@ -457,6 +470,11 @@ def tiled_attention(
 
     keys = k.to(f32)
     values = v.to(f32)
+    if batch > 1:
+        # Models hand over K and V as transposed views of [batch, key, head, d_head]:
+        # with one sequence a tile's [head, key, d_head] slice is still a strided view
+        # that the GEMMs read in place; with several, every tile would copy it.
+        keys, values = keys.contiguous(), values.contiguous()
     # Grouped per kv head so K/V are never repeated. The scale multiplies the scores
     # (q·kᵀ)·scale as Hugging Face's eager attention does, not q: the same rounding.
     grouped_q = q.to(f32).unflatten(1, (n_kv, group))
@@ -512,12 +530,16 @@ def tiled_attention(
         if hi == lo:
             continue
         width = hi - lo
-        q_tile = grouped_q[:, :, :, t0:t1].reshape(batch, n_kv, -1, d_head)
-        scores = workspace.scores(batch, n_kv, group * rows, width)
-        torch.matmul(q_tile, keys[:, :, lo:hi].transpose(-1, -2), out=scores)
-        scores = scores.view(batch, n_heads, rows, width)
-        if scale != 1.0:
+        q_tile = grouped_q[:, :, :, t0:t1].reshape(batch * n_kv, -1, d_head)
+        scores = workspace.scores(batch * n_kv, group * rows, width)
+        key_tile = keys[:, :, lo:hi].flatten(0, 1).transpose(-1, -2)
+        if exact_alpha:
+            # beta = 0: the buffer's old contents are ignored (not even NaN propagates).
+            scores.baddbmm_(q_tile, key_tile, beta=0.0, alpha=scale)
+        else:
+            torch.bmm(q_tile, key_tile, out=scores)
             scores.mul_(scale)
+        scores = scores.view(batch, n_heads, rows, width)
         if softcap is not None:
             scores.div_(softcap).tanh_().mul_(softcap)
 

@@ -17,6 +17,7 @@ from headscope.analyses.flow import (
     augment,
     content_free_baseline,
     flow_graph,
+    iter_rollout,
     rollout,
     rollout_per_head,
 )
@@ -171,6 +172,65 @@ def test_rollout_does_not_mutate_inputs() -> None:
     attention_flow(pattern, workers=1)
     assert torch.equal(pattern, before)
     assert torch.equal(weights, before_w)
+
+
+def test_iter_rollout_streams_layers_one_at_a_time() -> None:
+    # a generator of float32 layers gives the rollout of the stacked float64 pattern, and
+    # each layer is requested only after the rollout of the one before it was yielded
+    pattern = random_pattern(np.random.default_rng(21), 4, 9, heads=3)
+    weights = torch.tensor([0.5, 0.25, 0.25])
+    expected = rollout(pattern, head_weights=weights)
+    events: list[str] = []
+
+    def layers():
+        for layer in range(pattern.shape[0]):
+            events.append(f"load {layer}")
+            yield pattern[layer].float()
+
+    got = []
+    for layer, current in enumerate(iter_rollout(layers(), head_weights=weights)):
+        events.append(f"yield {layer}")
+        got.append(current)
+    assert events == [f"{kind} {layer}" for layer in range(4) for kind in ("load", "yield")]
+    torch.testing.assert_close(torch.stack(got), expected, atol=1e-6, rtol=0)
+    # the stacked tensor itself streams to the same layers in float64
+    torch.testing.assert_close(
+        torch.stack(list(iter_rollout(pattern, 0.3))), rollout(pattern, 0.3), atol=0, rtol=0
+    )
+
+
+def test_rollout_at_moderate_n_matches_a_numpy_product() -> None:
+    # N = 512: the last layer equals an independent float64 product of Â_l in numpy
+    n, n_layers = 512, 3
+    rng = np.random.default_rng(22)
+    logits = 4.0 * rng.standard_normal((n_layers, n, n))
+    maps = np.exp(logits - logits.max(-1, keepdims=True))
+    maps /= maps.sum(-1, keepdims=True)
+    stream = (torch.from_numpy(layer).float() for layer in maps)
+    *_, last = iter_rollout(stream)
+    expected = np.eye(n)
+    for layer in maps.astype(np.float32).astype(np.float64):
+        expected = (0.5 * np.eye(n) + 0.5 * layer) @ expected
+    assert last.dtype == torch.float64 and last.shape == (n, n)
+    np.testing.assert_allclose(last.numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(last.sum(1).numpy(), 1.0, atol=1e-5)  # float32 rows
+
+
+@pytest.mark.parametrize(
+    ("layers", "kwargs", "message"),
+    [
+        ([torch.full((3, 3), 1 / 3), torch.full((4, 4), 1 / 4)], {}, "layers before it"),
+        ([torch.full((3,), 1 / 3)], {}, "layer 0 must be"),
+        ([[0.5, 0.5]], {}, "layer 0 must be"),
+        ([torch.full((3, 3), 0.5)], {}, "row"),
+        ([torch.full((3, 3), 1 / 3)], {"head_weights": [1.0]}, "head dimension"),
+        ([torch.full((2, 3, 3), 1 / 3)], {"head_weights": [[1.0, 1.0]]}, "head_weights"),
+        ([torch.full((3, 3), 1 / 3)], {"residual": 2.0}, "residual"),
+    ],
+)
+def test_iter_rollout_rejects_bad_layers(layers, kwargs: dict, message: str, unchecked) -> None:
+    with pytest.raises(InputError, match=message), unchecked():
+        list(iter_rollout(layers, **kwargs))
 
 
 def test_rollout_per_head_composes_each_head_with_the_rollout_below() -> None:

@@ -7,11 +7,19 @@ bidirectional."""
 
 from __future__ import annotations
 
+import networkx as nx
+import numpy as np
 import pytest
 import torch
 
 import headscope as hs
-from headscope.analyses.flow import attention_flow, content_free_baseline, rollout
+from headscope.analyses.flow import (
+    approximate_flow,
+    attention_flow,
+    content_free_baseline,
+    flow_graph,
+    rollout,
+)
 from headscope.analyses.position import (
     SINK_FLOOR,
     SINK_RATIO,
@@ -141,3 +149,20 @@ def test_minilm_cls_and_sep_sinks_use_the_bidirectional_baseline(minilm_model):
         column = record.pattern[b, :, :, :n, n - 1].mean(-1)
         for layer, head in (column > 0.5).nonzero().tolist():
             assert (layer, head) in one.heads(n - 1)
+
+
+def test_minilm_flow_matches_networkx_and_the_pruned_bracket_holds(minilm_model):
+    # real maps (peaked, [CLS]/[SEP] sinks, capacities over several orders of magnitude):
+    # exact flow equals one networkx max-flow per pair, and the pruned flow brackets it
+    record = hs.capture(minilm_model, "Attention flow on a real map.")
+    pattern = record.pattern.double()
+    n_layers, n = pattern.shape[0], pattern.shape[-1]
+    raw = attention_flow(pattern, normalize=False, workers=1).numpy()
+    graph = flow_graph(pattern)
+    reference = np.array(
+        [[nx.maximum_flow_value(graph, (n_layers, i), (0, j)) for j in range(n)] for i in range(n)]
+    )
+    assert np.abs(raw - reference).max() <= 1e-9
+    for rule in ({"top_k": 1}, {"top_k": 3}, {"mass": 0.2}, {"top_k": 2, "keep_ends": False}):
+        solved = approximate_flow(pattern, workers=1, **rule)
+        assert (solved.values <= raw + 1e-12).all() and (raw <= solved.upper + 1e-12).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -237,3 +238,37 @@ def _worker_pids_after_parent_killed(mode: str) -> tuple[list[int], list[int]]:
 def test_workers_die_when_their_parent_is_killed() -> None:
     pids, left = _worker_pids_after_parent_killed("guarded")
     assert len(pids) == 2 and left == []
+
+
+def test_automatic_workers_fork_for_a_large_per_pair_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    # workers=None: a small input (L·N³ below the rule) still forks when a per-pair stage
+    # holds many edges, as real maps do; the values do not depend on it
+    ahat = random_capacities(np.random.default_rng(12), 5, 9, "peaky")
+    one = pairwise_max_flow(ahat, workers=1)
+    assert one.stats.ladder + one.stats.full > 0
+    assert pairwise_max_flow(ahat).stats.workers == 1  # below both thresholds
+    monkeypatch.setattr(maxflow, "_PARALLEL_EDGES", 1)
+    auto = pairwise_max_flow(ahat)
+    assert auto.stats.workers == min(2, os.cpu_count() or 1)
+    np.testing.assert_array_equal(auto.values, one.values)
+
+
+def test_the_wide_ladder_is_exact_where_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a narrower first ladder (top-1) certifies under half the peaky pairs, so the wide
+    # ladder (top-2 here) runs; every value still equals networkx
+    monkeypatch.setattr(maxflow, "_TOP_K", 1)
+    monkeypatch.setattr(maxflow, "_WIDE_K_MIN", 2)
+    widths: list[int] = []
+    top_k_edges = maxflow._top_k_edges
+
+    def recorded(ahat: np.ndarray, k: int, diagonal: bool):
+        if not diagonal:  # the ladders; the shared certificate asks with the diagonal
+            widths.append(k)
+        return top_k_edges(ahat, k, diagonal)
+
+    monkeypatch.setattr(maxflow, "_top_k_edges", recorded)
+    ahat = random_capacities(np.random.default_rng(2), 5, 12, "peaky")
+    solved = pairwise_max_flow(ahat, workers=1)
+    assert widths == [1, 2]
+    assert solved.stats.ladder > 0 and solved.stats.full > 0
+    assert np.abs(solved.values - networkx_flow(ahat)).max() <= 1e-9

@@ -80,10 +80,10 @@ def test_a_wrongly_typed_argument_is_a_type_check_error() -> None:
 
 
 def test_a_mismatched_return_is_a_type_check_error(monkeypatch) -> None:
-    # rollout promises [layer query key] with the input's sizes; make augment lie about them
-    monkeypatch.setattr(flow, "augment", lambda *args: uniform(2, 1, 5)[:, 0])
-    with pytest.raises(TypeCheckError, match="return value of headscope.analyses.flow.rollout"):
-        flow.rollout(uniform(2, 3, 4))
+    # augment promises [layer query key] with the input's sizes; make the head mean lie
+    monkeypatch.setattr(flow, "_head_mean", lambda *args: uniform(2, 1, 5)[:, 0])
+    with pytest.raises(TypeCheckError, match="return value of headscope.analyses.flow.augment"):
+        flow.augment(uniform(2, 3, 4))
 
 
 def test_loose_inputs_the_functions_convert_pass_the_checker() -> None:

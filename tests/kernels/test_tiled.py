@@ -372,3 +372,23 @@ def test_helpers_and_argument_checks():
         tiled_attention(q, k, v, causal=True, keep_maps_for_heads=[3])
     with pytest.raises(InputError, match="window"):
         tiled_attention(q, k, v, causal=True, window=0)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_transposed_views_and_a_scale_that_is_not_a_power_of_two(causal):
+    """Models hand over q, k, v as transposed views of [batch, position, head, d];
+    d_head 12 gives the scale 1/√12, which is multiplied after the GEMM (only a
+    power of two goes into the GEMM's alpha); d_head 16 takes the alpha path."""
+    g = torch.Generator().manual_seed(21)
+    padding = key_padding_from_lengths([37, 30], 37)
+    for d in (12, 16):
+        q, k, v = (torch.randn(2, 37, h, d, generator=g).transpose(1, 2) for h in (6, 3, 3))
+        assert not q.is_contiguous()
+        options = {"causal": causal, "padding": padding, "tile": 8}
+        result = check_against_reference(q, k, v, top_k=2, map_heads=[0, 5], **options)
+        dense = tiled_attention(
+            q.contiguous(), k.contiguous(), v.contiguous(),
+            causal=causal, key_padding_mask=padding, query_tile=8,
+        )  # fmt: skip
+        for name in ("output", "entropy", "mean_distance", "distance_histogram"):
+            torch.testing.assert_close(getattr(result, name), getattr(dense, name), atol=0, rtol=0)

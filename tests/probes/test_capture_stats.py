@@ -128,3 +128,44 @@ def test_capture_stops_after_the_last_attention_it_needs(tiny_models, kernel):
     finally:
         handle.remove()
     assert torch.equal(model.forward(batch).logits, before)
+
+
+def test_4k_token_capture_equals_statistics_of_eager_maps(tmp_path):
+    """A 4096-token stats capture (the long-context path: 32 query tiles, 4k-key
+    rows) against the eager maps of two heads, and identities for every head."""
+    from tiny_models import VOCAB, tiny_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n = 4096
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, vocab_size=VOCAB, n_positions=n, initializer_range=0.2
+    )
+    GPT2LMHeadModel(config).eval().save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    model = hs.load_model(tmp_path)
+    ids = torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(1))
+
+    stats = hs.capture(model, ids, mode="stats", sink_k=4)
+    assert stats.entropy.shape == (2, 4, n)
+    position = torch.arange(n, dtype=torch.float32)
+    # every real query's row sums to 1: per head, the histogram and the key mass hold n
+    torch.testing.assert_close(stats.distance_histogram.sum(-1), torch.full((2, 4), float(n)))
+    torch.testing.assert_close(stats.key_mass.sum(-1), torch.full((2, 4), float(n)))
+    assert torch.equal(stats.key_visibility, (n - position).expand(2, 4, n))
+    assert ((stats.argmax_key >= 0) & (stats.argmax_key <= position.long())).all()
+    assert (stats.entropy <= torch.log(position + 1) + 1e-4).all()
+
+    pairs = [(0, 1), (1, 2)]
+    eager = hs.capture(model, ids, heads=pairs, kernel="eager")
+    assert eager.layer_index == (0, 1) and eager.head_index == (1, 2)
+    pattern = torch.stack([eager.pattern[0, 0], eager.pattern[1, 1]])  # the two pairs
+    del eager
+    layers, heads = [0, 1], [1, 2]
+    for name, value in eager_statistics(pattern, sink_k=4).items():
+        got = getattr(stats, name)[layers, heads]
+        torch.testing.assert_close(got, value, atol=1e-5, rtol=1e-5, msg=name)
+    top2 = torch.topk(pattern, 2, dim=-1)
+    clear = top2.values[..., 0] - top2.values[..., 1] > 1e-4  # a well-defined argmax
+    assert clear.sum() > n  # most rows (the first has one key)
+    assert torch.equal(stats.argmax_key[layers, heads][clear], top2.indices[..., 0][clear])
