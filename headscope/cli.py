@@ -336,8 +336,11 @@ def _ranked_head(row: dict) -> str:
 @app.command()
 def dashboard(
     model: Annotated[
-        str, typer.Option("--model", "-m", help="built-in name, directory or hub name")
-    ] = "toy-induction",
+        str | None,
+        typer.Option(
+            "--model", "-m", help="built-in name, directory or hub name (default: toy-induction)"
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="address to bind (default: loopback only)")] = (
         "127.0.0.1"
     ),
@@ -348,12 +351,79 @@ def dashboard(
     max_tokens: Annotated[int, typer.Option(help="longest prompt accepted, in tokens")] = 512,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
+    server: Annotated[
+        str,
+        typer.Option(
+            "--server",
+            help="WSGI server: werkzeug (threaded, for one user) or waitress (production, "
+            "for a team)",
+        ),
+    ] = "werkzeug",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="HEADSCOPE_DASHBOARD_TOKEN",
+            help="access token every request must carry (?token=, then a cookie; or "
+            "'Authorization: Bearer'); required beyond loopback, generated and printed "
+            "when not given",
+        ),
+    ] = None,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record", help="browse a saved capture (headscope capture output), no model loaded"
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="browse a saved report (headscope report output), no model loaded"
+        ),
+    ] = None,
 ) -> None:
     """Serve the interactive dashboard in the browser (prints its URL)."""
     if not 0 < port < 65536:
         _fail(f"port must be between 1 and 65535, got {port}")
     if max_tokens < 1:
         _fail(f"--max-tokens must be at least 1, got {max_tokens}")
+    from headscope.dashboard.serving import SERVERS
+
+    if server not in SERVERS:  # before a model is loaded
+        _fail(f"unknown server {server!r} for --server: choose one of {', '.join(SERVERS)}")
+    sources = [
+        flag
+        for flag, value in (("--model", model), ("--record", record), ("--report", report))
+        if value is not None
+    ]
+    if len(sources) > 1:
+        _fail(
+            f"{' and '.join(sources)} cannot be combined: serve a model (--model), a saved "
+            "capture (--record DIR) or a saved report (--report DIR)"
+        )
+    if record is not None or report is not None:
+        from headscope.dashboard.app import run_dashboard
+
+        saved = record if record is not None else report
+        if not saved.exists():  # type: ignore[union-attr]
+            _fail(f"{saved} does not exist: give a directory written by headscope")
+        try:
+            run_dashboard(
+                host=host,
+                port=port,
+                debug=debug,
+                server=server,
+                token=token,
+                exit_process=True,
+                record=record,
+                report=report,
+            )
+        except HeadscopeError as error:
+            _fail(str(error))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        return
+    model = model or "toy-induction"
     try:
         from headscope.dashboard.app import run_dashboard
         from headscope.models.loading import load_model
@@ -365,7 +435,14 @@ def dashboard(
     # SIGTERM stop it cleanly (exit 130 / 143).
     try:
         run_dashboard(
-            loaded, host=host, port=port, debug=debug, max_tokens=max_tokens, exit_process=True
+            loaded,
+            host=host,
+            port=port,
+            debug=debug,
+            server=server,
+            token=token,
+            max_tokens=max_tokens,
+            exit_process=True,
         )
     except HeadscopeError as error:
         _fail(str(error))

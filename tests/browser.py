@@ -25,6 +25,9 @@ FLAGS = (
     "--disable-extensions",
     "--no-first-run",
     "--window-size=1400,1000",
+    # A desktop with a mouse: headless chromium reports no hover, and plotly then shows
+    # its "hover" toolbars permanently.
+    "--blink-settings=primaryHoverType=2,availableHoverTypes=2,primaryPointerType=4,availablePointerTypes=4",
 )
 
 

@@ -10,6 +10,10 @@ context. The app works offline: dash serves its own scripts (no CDN) and the sty
 inlined. Long jobs run in background processes (dash DiskcacheManager with a
 cache in a temporary folder).
 
+`run_dashboard(..., server="waitress")` serves with waitress instead of
+werkzeug's development server; beyond loopback every request needs an access
+token (`serving.TokenGate`; given, or generated and printed once in the URL).
+
 `run_dashboard` binds its socket before it announces the URL (a port in use or
 a host that cannot be bound raises `ServeError`, and nothing is printed), and
 stops cleanly on Ctrl+C or SIGTERM: the listening socket closes, requests in
@@ -39,21 +43,32 @@ from collections.abc import Callable, Iterable
 from dash import Dash, html
 
 from headscope.dashboard import (
+    contributions,
     flow,
     head,
     importance,
     longcontext,
     overview,
+    patching,
     playground,
     position,
+    refusals,
     results,
     shell,
     spectral,
 )
 from headscope.dashboard.background import background_manager
+from headscope.dashboard.serving import (
+    TOKEN_PARAM,
+    TokenGate,
+    check_server,
+    check_token,
+    make_server,
+    new_token,
+)
 from headscope.dashboard.session import DEFAULT_MAX_FLOW_TOKENS, DEFAULT_MAX_TOKENS, ModelSession
 from headscope.dashboard.theme import index_string
-from headscope.errors import ServeError
+from headscope.errors import InputError, ServeError
 from headscope.models.loading import HeadscopeModel
 from headscope.models.zoo import DEFAULT_MODEL
 
@@ -73,6 +88,8 @@ def create_app(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     max_flow_tokens: int = DEFAULT_MAX_FLOW_TOKENS,
     warm_up: bool = True,
+    record: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
 ) -> Dash:
     """Build the dashboard for `model` (already loaded) or `model_name`
     (loaded here). A model that fails to load gives an app whose pages say
@@ -86,7 +103,17 @@ def create_app(
     `warm_up` starts computing the QK/OV spectra (weights only) in a
     background thread right away. The session is `app.headscope_session`;
     `stop_app(app)` stops the warm-up and the background jobs.
+
+    `record` (a saved capture: `AttentionRecord` / `HeadStats` directory) or
+    `report` (a `headscope report` directory) serves it with no model instead
+    (`offline.create_offline_app`; the model arguments are then not used).
     """
+    if record is not None or report is not None:
+        from headscope.dashboard.offline import create_offline_app
+
+        if model is not None:
+            raise InputError("give a model or a saved capture or report, not both")
+        return create_offline_app(record=record, report=report, cache_dir=cache_dir)
     options = {
         "max_prompts": max_prompts,
         "max_bytes": max_cache_bytes,
@@ -116,6 +143,8 @@ def create_app(
         "position": lambda: position.layout(session),
         "spectral": lambda: spectral.layout(session),
         "playground": lambda: playground.layout(session),
+        "patching": lambda: patching.layout(session),
+        "contributions": lambda: contributions.layout(session),
         "long": lambda: longcontext.layout(session),
     }
     app.layout = shell.layout(session)
@@ -131,7 +160,10 @@ def create_app(
     position.register(app, session)
     spectral.register(app, session, manager)
     playground.register(app, session)
+    patching.register(app, session, manager)
+    contributions.register(app, session)
     longcontext.register(app, session, manager)
+    refusals.register(app)
     _answer_unexpected_errors(app)
     app.headscope_session = session
     app.headscope_manager = manager
@@ -343,12 +375,20 @@ def run_dashboard(
     port: int = 8050,
     debug: bool = False,
     *,
+    server: str = "werkzeug",
+    token: str | None = None,
     exit_process: bool = False,
     **options,
 ) -> None:
     """Serve the dashboard (blocking) and print its URL. Binds 127.0.0.1 and
     runs with debug off unless asked; warns when either is changed, since the
     app runs models on request and debug mode allows code execution.
+
+    `server`: "werkzeug" (threaded development server, the default) or
+    "waitress" (a production WSGI server, for a team). A host beyond loopback
+    requires an access token (`serving.TokenGate`): `token`, or one generated
+    here and printed once, in the URL; loopback needs none unless `token` is
+    given. Debug mode is refused beyond loopback (ServeError).
 
     The socket is bound before anything is printed: ServeError when it
     cannot be (port in use, bad host). Ctrl+C (SIGINT) and SIGTERM stop the
@@ -358,27 +398,40 @@ def run_dashboard(
     clean-up, instead of letting the interpreter shut down under it.
     `options` go to `create_app`.
     """
+    server = check_server(server)
+    loopback = _is_loopback(host) if isinstance(host, str) else False
+    if debug and not loopback:
+        raise ServeError(
+            f"debug mode allows running code: it is only served on loopback (127.0.0.1, ::1, "
+            f"localhost), not on {host}"
+        )
+    if token is not None:
+        token = check_token(token)
+    elif not loopback:
+        token = new_token()
     listener = listen(host, port)
     signals = _Signals()
     signals.install()
-    app = server = requests = None
+    app = requests = None
+    wsgi_server = None
     signum = None
     try:
         if isinstance(model, HeadscopeModel):
             app = create_app(model=model, **options)
         else:
             app = create_app(str(model), **options)
-        server, requests = _make_server(app, host, listener, debug)
-        if not _is_loopback(host):
+        wsgi_server, requests = _make_server(app, host, listener, debug, server, token)
+        if not loopback:
             print(
-                f"warning: serving on {host}, reachable from other machines; the dashboard has "
-                "no authentication and runs models on request"
+                f"warning: serving on {host}, reachable from other machines; every request "
+                "needs the access token, and the dashboard runs models on request"
             )
         if debug:
             print("warning: debug mode is on: the debugger allows running code; never expose it")
-        print(f"headscope dashboard: {_url(host, server.port)}  (Ctrl+C to stop)", flush=True)
+        url = _url(host, wsgi_server.port) + (f"?{TOKEN_PARAM}={token}" if token else "")
+        print(f"headscope dashboard: {url}  (Ctrl+C to stop)", flush=True)
         signals.arm()
-        server.serve_forever()
+        wsgi_server.serve_forever()
     except _Stop as stop:
         signum = stop.signum
         name = signal.Signals(signum).name
@@ -387,7 +440,7 @@ def run_dashboard(
         signals.disarm()
         listener.close()
         try:
-            busy = _shut_down(app, server, requests)
+            busy = _shut_down(app, wsgi_server, requests)
         finally:
             signals.restore()
         if signum is None and signals.received is not None:
@@ -408,10 +461,16 @@ def run_dashboard(
         raise SystemExit(code)
 
 
-def _make_server(app: Dash, host: str, listener: socket.socket, debug: bool):
-    """A threaded werkzeug server on the already bound `listener`."""
-    from werkzeug.serving import make_server
-
+def _make_server(
+    app: Dash,
+    host: str,
+    listener: socket.socket,
+    debug: bool,
+    server: str = "werkzeug",
+    token: str | None = None,
+):
+    """A `server` (threaded werkzeug, or waitress) on the already bound
+    `listener`, behind the token gate when there is a `token`."""
     wsgi: Callable = app.server
     if debug:
         from werkzeug.debug import DebuggedApplication
@@ -419,9 +478,10 @@ def _make_server(app: Dash, host: str, listener: socket.socket, debug: bool):
         app.enable_dev_tools(debug=True, dev_tools_hot_reload=False)
         app.server.debug = True
         wsgi = DebuggedApplication(app.server, evalex=True)
+    if token is not None:
+        wsgi = TokenGate(wsgi, token)
     requests = _Requests(wsgi)
-    server = make_server(host, 0, requests, threaded=True, fd=listener.fileno())
-    return server, requests
+    return make_server(requests, host, listener, server), requests
 
 
 def _shut_down(app: Dash | None, server, requests: _Requests | None) -> list[str]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from dash import dcc, html
 
+from headscope.dashboard.export import export_controls
 from headscope.figures.style import display_token, message_figure
 
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"scale": 2}}
@@ -28,16 +29,22 @@ def graph(
     message: str = "",
     height: int = 300,
     toolbar: bool | None = None,
+    export: bool = True,
+    figure: object = None,
     **props,
-) -> dcc.Graph:
-    """A dcc.Graph that starts as a blank figure showing `message`; its toolbar
-    follows `graph_config(height, toolbar)`."""
-    return dcc.Graph(
+) -> html.Div:
+    """A dcc.Graph (id `component_id`) that starts as `figure` or, without one,
+    a blank figure showing `message`; its toolbar follows
+    `graph_config(height, toolbar)`. With `export`, CSV and JSON buttons under
+    it download the figure's data (`headscope.dashboard.export`)."""
+    shown = dcc.Graph(
         id=component_id,
-        figure=message_figure(message, height=height),
+        figure=message_figure(message, height=height) if figure is None else figure,
         config=graph_config(height, toolbar),
         **props,
     )
+    controls = [export_controls(component_id)] if export else []
+    return html.Div([shown, *controls], className="hs-panel")
 
 
 def card(title: str | None, *children, note: str | None = None, **props) -> html.Div:
@@ -107,11 +114,14 @@ def token_chips(
     return chips
 
 
-def stats_table(rows: Sequence[tuple[str, str]]) -> html.Table:
-    return html.Table(
-        html.Tbody([html.Tr([html.Td(name), html.Td(value)]) for name, value in rows]),
+def stats_table(rows: Sequence[tuple[str, str]], *, name: str = "table") -> html.Div:
+    """A two-column table (what, value) with CSV and JSON export buttons
+    (`name` names the file)."""
+    table = html.Table(
+        html.Tbody([html.Tr([html.Td(what), html.Td(value)]) for what, value in rows]),
         className="hs-stats",
     )
+    return html.Div([table, export_controls(name, kind="table")], className="hs-panel")
 
 
 def progress_block(prefix: str) -> html.Div:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dash import Dash, Input, Output, State, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from headscope.analyses.uncertainty import bootstrap_interval
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block
 from headscope.dashboard.examples import prompt_set
 from headscope.dashboard.inputs import choice, prompt_lines
-from headscope.dashboard.messages import alert, describe
+from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
+from headscope.dashboard.state import state_out, state_out_id
 from headscope.experiments.metrics import default_metric, metric_info
 from headscope.experiments.scoring import HeadScores, pruning_curves, score_heads
 from headscope.experiments.targets import TARGET_RULES
@@ -166,7 +167,8 @@ def layout(session: ModelSession) -> list:
                         ],
                         className="hs-control",
                     ),
-                    html.Button("Run", id="imp-run", className="hs-button", n_clicks=0),
+                    html.Button("Score heads", id="imp-run", className="hs-button", n_clicks=0),
+                    state_out("importance"),
                 ],
                 className="hs-controls",
             ),
@@ -176,17 +178,17 @@ def layout(session: ModelSession) -> list:
             [
                 card(
                     "Single-head ablation",
-                    graph("imp-ablation", message="Press Run"),
+                    graph("imp-ablation", message="Press Score heads"),
                     note="metric(head ablated) − metric(all heads).",
                 ),
                 card(
                     "Gradient importance",
-                    graph("imp-gradient", message="Press Run"),
+                    graph("imp-gradient", message="Press Score heads"),
                     note="E|∂metric/∂ξ_h| with gates ξ = 1 on z, L2-normalized per layer.",
                 ),
                 card(
                     "Greedy pruning",
-                    graph("imp-pruning", message="Press Run"),
+                    graph("imp-pruning", message="Press Score heads"),
                     note="Metric after masking the least important heads first.",
                 ),
             ],
@@ -194,12 +196,17 @@ def layout(session: ModelSession) -> list:
         ),
         html.Div(
             [
-                card("CHG facilitation (G⁻)", graph("imp-chg-facilitation", message="Press Run")),
                 card(
-                    "CHG interference (1 − G⁺)", graph("imp-chg-interference", message="Press Run")
+                    "CHG facilitation (G⁻)",
+                    graph("imp-chg-facilitation", message="Press Score heads"),
                 ),
                 card(
-                    "CHG roles (majority over seeds)", graph("imp-chg-roles", message="Press Run")
+                    "CHG interference (1 − G⁺)",
+                    graph("imp-chg-interference", message="Press Score heads"),
+                ),
+                card(
+                    "CHG roles (majority over seeds)",
+                    graph("imp-chg-roles", message="Press Score heads"),
                 ),
             ],
             className="hs-grid-3",
@@ -371,7 +378,51 @@ def _failed(message: str) -> tuple:
     return (*(blank,) * len(OUTPUT_IDS), alert(message))
 
 
+def sync_pickers(
+    session: ModelSession, trigger: object, view: object, metric: object, target: object
+) -> tuple:
+    """(metric picker, target picker, state edits) between the pickers and the
+    URL's state (`dashboard.state`): when the page opens or the URL changes,
+    the state's metric and target set the pickers; when a picker changes, the
+    state (and so the URL) follows. Values this page does not offer are ignored."""
+    current = view if isinstance(view, dict) else {}
+    metrics = metric_choices(session.spec)
+    if trigger is None or trigger == "view-state":
+        wanted_metric, wanted_target = current.get("metric"), current.get("target")
+        return (
+            wanted_metric if wanted_metric in metrics else no_update,
+            wanted_target if wanted_target in TARGET_CHOICES else no_update,
+            no_update,
+        )
+    edits = {}
+    if metric in metrics:
+        edits["metric"] = metric
+    if target in TARGET_CHOICES:
+        edits["target"] = target
+    return no_update, no_update, edits or no_update
+
+
 def register(app: Dash, session: ModelSession, manager) -> None:
+    # The URL's metric and target set the pickers; the pickers' values go to the URL.
+    @app.callback(
+        Output("imp-metric", "value"),
+        Output("imp-target", "value"),
+        Input("view-state", "data"),
+    )
+    @guarded(lambda message: (no_update, no_update), "the metric and target pickers")
+    def _pickers(view):
+        return sync_pickers(session, "view-state", view, None, None)[:2]
+
+    @app.callback(
+        Output(state_out_id("importance"), "data"),
+        Input("imp-metric", "value"),
+        Input("imp-target", "value"),
+        prevent_initial_call=True,
+    )
+    @guarded(lambda message: no_update, "the metric and target in the URL")
+    def _report(metric, target):
+        return sync_pickers(session, "imp-metric", None, metric, target)[2]
+
     @app.callback(
         *(Output(key, "figure") for key in OUTPUT_IDS),
         Output("imp-message", "children"),

@@ -202,7 +202,7 @@ def layout(session: ModelSession) -> list:
                         ],
                         className="hs-control",
                     ),
-                    html.Button("Run", id="lc-run", className="hs-button", n_clicks=0),
+                    html.Button("Capture", id="lc-run", className="hs-button", n_clicks=0),
                 ],
                 className="hs-controls",
             ),
@@ -308,7 +308,7 @@ def check_text(session: ModelSession, text: object) -> TokenBatch:
     512-token cap); InputError when missing, empty, huge, not text, or too long."""
     model = session.require_model()
     if not isinstance(text, str) or not text.strip():
-        raise InputError("no text yet: drop a text file or paste text, then press Run")
+        raise InputError("no text yet: drop a text file or paste text, then press Capture")
     if len(text) > MAX_TEXT_CHARS:
         raise InputError(
             f"the text has {len(text):,} characters; the page takes at most {MAX_TEXT_CHARS:,}"
@@ -485,14 +485,14 @@ _TILES: LRUCache[np.ndarray] = LRUCache(4096, max_bytes=256 << 20, size_of=lambd
 def load_capture(folder: str | os.PathLike, data: object) -> LoadedCapture:
     """The capture the page's `lc-capture` data names (read once per server process)."""
     if not isinstance(data, dict) or not isinstance(data.get("key"), str):
-        raise InputError("no capture yet: drop a text file or paste text, then press Run")
+        raise InputError("no capture yet: drop a text file or paste text, then press Capture")
     key = data["key"]
     if not _KEY.fullmatch(key):
-        raise InputError("the capture key from the page is malformed; press Run again")
+        raise InputError("the capture key from the page is malformed; press Capture again")
     target = Path(folder) / key
 
     if not _complete(target):  # pruned since (a reader must not see missing chunks as 0)
-        raise InputError("this capture is no longer on disk; press Run again")
+        raise InputError("this capture is no longer on disk; press Capture again")
 
     def create() -> LoadedCapture:
         stats = HeadStats.load(target / "stats")
@@ -637,7 +637,7 @@ def head_outputs(
         stored = ", ".join(f"{a}.{b}" for a, b in store.heads) or "none"
         figure = message_figure(
             f"No map of head {name} on disk (stored: {stored}). Add it to 'full maps to "
-            "store' and press Run; the statistics cover every head."
+            "store' and press Capture; the statistics cover every head."
         )
         on_disk = "no map on disk"
     info = (

@@ -5,16 +5,24 @@ token after the first: `experiments.attention.gated_run`); encoders
 without a trained LM head (minilm) show the sentence embedding's cosine to the
 unablated embedding and its similarity to a second sentence.
 
-The gates live in the browser (`gates-store`); each change runs one gated
-forward (plus a capture of the gated maps) on the server.
+The gates live in the browser (`gates-store`) and in the URL (`?gates=1.3:0`,
+`?heads=1.3` for the selected head, through the shell's `view-state` and this
+page's `state_out`, see `dashboard.state`), so a link reproduces the playground
+and the gates survive a visit to another page; each change runs one gated forward (plus a capture
+of the gated maps) on the server. The maps show the gated weights, or their
+difference from the ungated ones (gated − all heads on, a diverging scale
+centred at 0).
 """
 
 from __future__ import annotations
 
+import numpy as np
+import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
+from headscope.dashboard import state as view_state
 from headscope.dashboard.components import card, graph, page_header
 from headscope.dashboard.examples import SECOND_SENTENCE
 from headscope.dashboard.inputs import check_fraction, check_gates, check_head
@@ -25,9 +33,13 @@ from headscope.experiments import attention
 from headscope.experiments.attention import GatedRun
 from headscope.figures.maps import head_grid
 from headscope.figures.predictions import next_token_bars, similarity_bars
-from headscope.figures.style import display_token, message_figure
+from headscope.figures.style import DIVERGING, display_token, message_figure, plotly_text
 
 TOP_K = 10
+MAP_VIEWS = [
+    {"label": "gated maps", "value": "gated"},
+    {"label": "difference (gated − all heads on)", "value": "difference"},
+]
 
 
 def layout(session: ModelSession) -> list:
@@ -65,6 +77,7 @@ def layout(session: ModelSession) -> list:
     return [
         dcc.Store(id="gates-store", storage_type="memory"),
         dcc.Store(id="gates-selected", storage_type="memory"),
+        view_state.state_out("playground"),
         *page_header(
             "Ablation playground",
             "Click a head to switch it off or on; the slider scales the selected head's z. "
@@ -115,7 +128,19 @@ def layout(session: ModelSession) -> list:
             className="hs-grid-2",
         ),
         card(
-            "Attention maps with these gates", graph("play-maps", message="Computing…", height=360)
+            "Attention maps with these gates",
+            dcc.RadioItems(
+                id="play-view",
+                options=MAP_VIEWS,
+                value="gated",
+                inline=True,
+                inputStyle={"marginRight": "4px"},
+                labelStyle={"marginRight": "14px", "fontSize": "13px"},
+            ),
+            graph("play-maps", message="Computing…", height=360),
+            note="Gated maps: each thumbnail scaled to its own maximum. Difference: the gated "
+            "weight minus the weight with every head on, per (query, key), on one scale "
+            "centred at 0 (red: more attention with the gates; blue: less).",
         ),
     ]
 
@@ -199,6 +224,30 @@ def requested_cells(outputs_list: object, index: int) -> list | None:
     return [entry.get("id") if isinstance(entry, dict) else None for entry in entries]
 
 
+def gates_from_view(
+    session: ModelSession, view: object
+) -> tuple[list[list[float]], list | None, float]:
+    """(gates, selected head, slider value) from the shell's view state (the
+    URL's `gates` and `heads`, already checked there and checked again here)."""
+    spec = session.require_model().spec
+    view = view if isinstance(view, dict) else {}
+    grid = view_state.gate_grid(
+        view_state.decode_gates(view.get(view_state.GATES) or "", spec), spec
+    )
+    heads = view_state.decode_heads(view.get(view_state.HEADS) or "", spec)
+    chosen = list(heads[0]) if heads else None
+    value = grid[chosen[0]][chosen[1]] if chosen else 1.0
+    return grid, chosen, value
+
+
+def gate_edits(grid: list[list[float]], chosen: list | None) -> dict:
+    """The state edits of these gates and this selected head (for `state_out`)."""
+    return {
+        view_state.GATES: view_state.encode_gates(grid),
+        view_state.HEADS: view_state.encode_heads([chosen]) if chosen else "",
+    }
+
+
 # -- the gated forward -------------------------------------------------------------------------
 
 
@@ -223,9 +272,14 @@ def _embedding(session: ModelSession, text: str, gates: torch.Tensor | None = No
 
 
 def playground_outputs(
-    session: ModelSession, store: dict | None, gates: object, second: object
+    session: ModelSession,
+    store: dict | None,
+    gates: object,
+    second: object,
+    view: object = "gated",
 ) -> tuple:
-    """(output figure, metrics text, gated maps figure, message)."""
+    """(output figure, metrics text, maps figure, message). `view` "difference"
+    draws the gated maps minus the ungated ones (`difference_grid`)."""
     model = session.require_model()
     spec = model.spec
     state = session.state(store.get("prompt") if isinstance(store, dict) else None)
@@ -241,14 +295,23 @@ def playground_outputs(
     run = reference if not off else gated_run(session, state, gate_tensor)
     described = ", ".join(f"{layer}.{head}×{grid[layer][head]:g}" for layer, head in off)
     gated_note = f"gated: {described}" if off else "all heads on"
-    maps = head_grid(
-        run.pattern,
-        layer_index=state.record.layer_index,
-        head_index=state.record.head_index,
-        thumb=32,
-        title=f"maps with gates ({gated_note})",
-        cell_px=56,
-    )
+    if view == "difference":
+        maps = difference_grid(
+            run.pattern,
+            reference.pattern,
+            layer_index=state.record.layer_index,
+            head_index=state.record.head_index,
+            title=f"gated − all heads on ({gated_note})",
+        )
+    else:
+        maps = head_grid(
+            run.pattern,
+            layer_index=state.record.layer_index,
+            head_index=state.record.head_index,
+            thumb=32,
+            title=f"maps with gates ({gated_note})",
+            cell_px=56,
+        )
     if spec.has_lm_head:
         probabilities = run.logits[-1].float().softmax(-1)
         base = reference.logits[-1].float().softmax(-1)
@@ -314,6 +377,82 @@ def playground_outputs(
     return figure, metrics, maps, None
 
 
+def signed_block_extreme(matrix: np.ndarray, factor: int) -> np.ndarray:
+    """The entry of largest magnitude (its sign kept) of each `factor`×`factor`
+    block of a 2-D array (the last blocks may be partial): the signed analogue
+    of the block max the gated maps use, so no change is averaged away."""
+    if factor == 1:
+        return matrix
+    rows, cols = matrix.shape
+    out_rows, out_cols = -(-rows // factor), -(-cols // factor)
+    padded = np.zeros((out_rows * factor, out_cols * factor), dtype=np.float32)
+    padded[:rows, :cols] = np.nan_to_num(matrix)
+    blocks = padded.reshape(out_rows, factor, out_cols, factor).transpose(0, 2, 1, 3)
+    flat = blocks.reshape(out_rows, out_cols, factor * factor)
+    pick = np.abs(flat).argmax(-1)
+    return np.take_along_axis(flat, pick[..., None], -1)[..., 0]
+
+
+def difference_grid(
+    gated: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    layer_index,
+    head_index,
+    title: str,
+    thumb: int = 32,
+) -> go.Figure:
+    """The layer × head grid of gated − ungated attention `[layer, head, query, key]`:
+    the gated maps' grid (`head_grid`: same layout, hover and click targets) with
+    its cells replaced by the signed difference, on one diverging scale centred
+    at 0 and symmetric about it (±the largest |difference|). Reduced maps show
+    each block's entry of largest magnitude."""
+    difference = (gated.float() - reference.float()).nan_to_num().numpy()
+    figure = head_grid(
+        gated,
+        layer_index=layer_index,
+        head_index=head_index,
+        thumb=thumb,
+        title=title,
+        cell_px=120,
+    )
+    meta = figure.layout.meta
+    factor, size, pitch = int(meta["factor"]), int(meta["size"]), int(meta["pitch"])
+    n_layers, n_heads = difference.shape[:2]
+    canvas = np.full((n_layers * pitch - (pitch - size), n_heads * pitch - (pitch - size)), np.nan)
+    for li in range(n_layers):
+        for hi in range(n_heads):
+            block = signed_block_extreme(difference[li, hi], factor)
+            canvas[li * pitch : li * pitch + size, hi * pitch : hi * pitch + size] = block
+    peak = float(np.nanmax(np.abs(canvas))) if np.isfinite(canvas).any() else 0.0
+    bound = max(peak, 1e-3)
+    if peak == 0.0:
+        figure.update_layout(
+            title={
+                "text": plotly_text(
+                    f"{title} · no weight moved: a gate acts on z, after its layer's maps, "
+                    "so only later layers' maps can change"
+                )
+            }
+        )
+    what = "Δ weight" if factor == 1 else "Δ of largest magnitude in the block"
+    figure.data[0].update(
+        z=canvas.astype(np.float32),
+        customdata=None,
+        zmin=-bound,
+        zmax=bound,
+        zmid=0.0,
+        colorscale=DIVERGING,
+        hovertemplate=f"%{{y}}<br>%{{x}}<br>{what} %{{z:+.4f}} (gated − all heads on)"
+        "<br>click to open the head<extra></extra>",
+        colorbar={
+            "title": {"text": "Δ attention weight<br>(gated − all on)", "side": "right"},
+            "thickness": 10,
+        },
+    )
+    return figure
+
+
 def loss_label(run: GatedRun) -> str:
     """What the playground's loss scores, e.g. "loss on the prompt's 9 repeated
     tokens" (the "auto" target rule: the first copy of a repeat is unpredictable
@@ -338,7 +477,15 @@ def register(app: Dash, session: ModelSession) -> None:
         # Wildcard outputs need one value per button the request names: none changes.
         cells = requested_cells(ctx.outputs_list, 3) or []
         unchanged = [no_update] * len(cells)
-        return (no_update, no_update, no_update, unchanged, unchanged, no_update, alert(message))
+        return (
+            no_update,
+            no_update,
+            no_update,
+            unchanged,
+            unchanged,
+            no_update,
+            alert(message),
+        )
 
     @app.callback(
         Output("gates-store", "data"),
@@ -351,17 +498,29 @@ def register(app: Dash, session: ModelSession) -> None:
         Input({"type": "gate-cell", "layer": ALL, "head": ALL}, "n_clicks"),
         Input("play-scale", "value"),
         Input("play-reset", "n_clicks"),
+        Input("view-state", "data"),
         State("gates-store", "data"),
         State("gates-selected", "data"),
         prevent_initial_call="initial_duplicate",
     )
     @guarded(_gates_refused, "the head gates")
-    def _gates(_clicks, scale, _reset, gates, selected):
+    def _gates(_clicks, scale, _reset, view, gates, selected):
         cells = requested_cells(ctx.outputs_list, 3)
         if session.model is None:
             unchanged = [no_update] * len(cells or [])
-            return (*(no_update,) * 3, unchanged, unchanged, "the model is not loaded", no_update)
-        grid, chosen, value = edit_gates(session, ctx.triggered_id, scale, gates, selected)
+            return (
+                *(no_update,) * 3,
+                unchanged,
+                unchanged,
+                "the model is not loaded",
+                no_update,
+            )
+        trigger = ctx.triggered_id
+        if trigger is None or trigger == "view-state":
+            # The page opened, or the URL or a loaded session set the gates: they win.
+            grid, chosen, value = gates_from_view(session, view)
+        else:
+            grid, chosen, value = edit_gates(session, trigger, scale, gates, selected)
         styles, classes = gate_styles(session, grid, chosen, cells)
         label = (
             f"selected head {chosen[0]}.{chosen[1]}: gate {value:g}"
@@ -369,6 +528,21 @@ def register(app: Dash, session: ModelSession) -> None:
             else "no head selected"
         )
         return grid, chosen, value, styles, classes, label, no_update
+
+    # The gates on screen go to the URL and the links (the shell merges `state_out`).
+    @app.callback(
+        Output(view_state.state_out_id("playground"), "data"),
+        Input("gates-store", "data"),
+        Input("gates-selected", "data"),
+        prevent_initial_call=True,
+    )
+    @guarded(lambda message: no_update, "the gates in the URL")
+    def _report(gates, selected):
+        if session.model is None or not isinstance(gates, list):
+            return no_update
+        spec = session.model.spec
+        chosen = list(check_head(spec, *selected)) if isinstance(selected, list) else None
+        return gate_edits(check_gates(gates, spec), chosen)
 
     @app.callback(
         Output("play-output", "figure"),
@@ -378,7 +552,8 @@ def register(app: Dash, session: ModelSession) -> None:
         Input("prompt-store", "data"),
         Input("gates-store", "data"),
         Input("play-second", "value"),
+        Input("play-view", "value"),
     )
     @guarded(lambda m: (message_figure(m), None, message_figure(m), alert(m)), "the playground")
-    def _outputs(store, gates, second):
-        return playground_outputs(session, store, gates, second)
+    def _outputs(store, gates, second, view):
+        return playground_outputs(session, store, gates, second, view)

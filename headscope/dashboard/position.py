@@ -19,6 +19,10 @@ from headscope.figures.style import display_token, message_figure
 
 #: The range of the sink-ratio slider.
 RATIO_MIN, RATIO_MAX = 1.0, 10.0
+#: Rows of the sink heatmap shown unless "every head" is ticked (the heads with the highest α_k).
+TOP_HEADS = 24
+#: Sink (head, key) pairs named in the summary line (the strongest); the rest fold away.
+TOP_PAIRS = 8
 
 #: Masks offered as the mask-only baseline (the first is the model's own).
 CAUSAL_MASKS = ("causal", "sliding_window", "prefix", "decay")
@@ -59,12 +63,21 @@ def layout(session: ModelSession) -> list:
                         style={"maxWidth": "360px"},
                     ),
                     html.Div(id="pos-sink-heads", className="hs-metric", style={"margin": "6px 0"}),
+                    dcc.Checklist(
+                        id="pos-all-heads",
+                        options=[{"label": " show every head", "value": "all"}],
+                        value=[],
+                        inputStyle={"marginRight": "4px"},
+                        style={"fontSize": "12px"},
+                    ),
                     graph("pos-sinks", message="Computing…", height=420),
                     note="α_k = mean attention to key k over the queries that can see it. "
                     "Uniform attention over the same keys gives α_k^uniform (the causal mask "
                     "alone drifts it toward key 0; 1/T when bidirectional), read from the "
                     f"model. A sink needs α_k > {SINK_FLOOR:g}, α_k ≥ ratio × α_k^uniform "
-                    f"and at least {SINK_MIN_QUERIES} queries that see the key.",
+                    f"and at least {SINK_MIN_QUERIES} queries that see the key. With more than "
+                    f"{TOP_HEADS} heads the map shows the {TOP_HEADS} with the highest α_k "
+                    "(sinks first) unless “show every head” is ticked.",
                 ),
                 card(
                     "Influence by distance",
@@ -98,9 +111,15 @@ def check_ratio(value: object, default: float = SINK_RATIO) -> float:
 
 
 def position_outputs(
-    session: ModelSession, store: dict | None, ratio: object, mask: object
+    session: ModelSession,
+    store: dict | None,
+    ratio: object,
+    mask: object,
+    every_head: object = None,
 ) -> tuple:
-    """(sink heads text, sink figure, influence figure, message)."""
+    """(sink heads text, sink figure, influence figure, message). `every_head`
+    (the checklist's value, ["all"] when ticked) draws every head's row instead
+    of the TOP_HEADS strongest."""
     state = session.state(store.get("prompt") if isinstance(store, dict) else None)
     record = state.record
     limit = check_ratio(ratio)
@@ -117,18 +136,24 @@ def position_outputs(
             rule=f"≥ {limit:g}× uniform",
             layer_index=record.layer_index,
             head_index=record.head_index,
+            max_heads=None if isinstance(every_head, list) and "all" in every_head else TOP_HEADS,
         )
-        hot = decision.pairs()
-        listed = ", ".join(
-            f"L{record.layer_index[li]}.H{record.head_index[hi]}→{k} "
-            f"{display_token(state.tokens[k])} ({float(decision.ratio[li, hi, k]):.1f}×)"
-            for li, hi, k in hot[:24]
-        )
-        more = f" (+{len(hot) - 24} more)" if len(hot) > 24 else ""
+        # The strongest pairs first (ratio to uniform attention), the rest folded away.
+        hot = sorted(decision.pairs(), key=lambda p: -float(decision.ratio[p]))
+
+        def named(pairs) -> str:
+            return ", ".join(
+                f"L{record.layer_index[li]}.H{record.head_index[hi]}→{k} "
+                f"{display_token(state.tokens[k])} ({float(decision.ratio[li, hi, k]):.1f}×)"
+                for li, hi, k in pairs
+            )
+
         bos = " BOS prepended: key 0 is BOS." if record.provenance.prepended_bos else ""
         rule = f"{decision.rule()}, the mask read from the model."
+        strongest = "" if len(hot) <= TOP_PAIRS else f", the {TOP_PAIRS} strongest"
         text = (
-            f"{len(hot)} sink (head, key) pairs: {listed}{more}. Rule: {rule}{bos}"
+            f"{len(hot)} sink (head, key) pairs{strongest}: {named(hot[:TOP_PAIRS])}. "
+            f"Rule: {rule}{bos}"
             if hot
             else f"No sink: no head has {rule}{bos}"
         )
@@ -139,6 +164,14 @@ def position_outputs(
                 f"key 0 is only {reach:.1f}× uniform: too short a prompt to call a "
                 "first-token sink."
             )
+        if len(hot) > TOP_PAIRS:
+            text = [
+                html.Div(text),
+                html.Details(
+                    [html.Summary(f"all {len(hot)} pairs"), html.Div(named(hot))],
+                    id="pos-all-pairs",
+                ),
+            ]
     except Exception as error:
         problems.append(describe(error, "the sink scores"))
         sinks, text = message_figure("sink scores unavailable"), ""
@@ -167,7 +200,8 @@ def register(app: Dash, session: ModelSession) -> None:
         Input("prompt-store", "data"),
         Input("pos-threshold", "value"),
         Input("pos-mask", "value"),
+        Input("pos-all-heads", "value"),
     )
     @guarded(lambda m: ("", message_figure(m), message_figure(m), alert(m)), "the position page")
-    def _position(store, threshold, mask):
-        return position_outputs(session, store, threshold, mask)
+    def _position(store, threshold, mask, every_head):
+        return position_outputs(session, store, threshold, mask, every_head)

@@ -1,14 +1,16 @@
 """The dashboard's URLs: which page a path shows, and links that carry the prompt.
 
 Every page takes the prompt from `?prompt=...`, so any view can be shared as a
-link, e.g. `/head/1/3?prompt=red%20cat%20red%20cat`.
+link, e.g. `/head/1/3?prompt=red%20cat%20red%20cat`; the rest of the view
+(gates, selected heads, metric, target) rides along as further parameters,
+see `dashboard.state`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,16 @@ PAGES: tuple[Page, ...] = (
 )
 #: Long context: its own text (a file or pasted) up to the model's context, not the prompt box.
 LONG = Page("long", "/long", "Long context", "statistics and tiled maps of a long text")
+#: Contributions: direct logit attribution, logit lens and the residual contribution graph.
+CONTRIBUTIONS = Page(
+    "contributions", "/contributions", "Contributions", "what each head and MLP adds to a logit"
+)
+#: Patching: the prompt box's text as the clean prompt, against a corrupted version.
+PATCHING = Page(
+    "patching", "/patching", "Patching", "activation and attribution patching, clean vs corrupted"
+)
 #: Every page, in the navigation's order.
-NAV_PAGES: tuple[Page, ...] = (*PAGES, LONG)
+NAV_PAGES: tuple[Page, ...] = (*PAGES, PATCHING, CONTRIBUTIONS, LONG)
 PAGE_KINDS: tuple[str, ...] = tuple(page.kind for page in NAV_PAGES)
 
 _HEAD = re.compile(r"^/head/(\d{1,4})/(\d{1,4})/?$")
@@ -50,6 +60,8 @@ class Route:
 
 #: Paths longer than this are not pages (and are not echoed back in full).
 MAX_PATH_CHARS = 2_000
+#: Query strings longer than this keep none of their parameters when the prompt changes.
+MAX_SEARCH_CHARS = 400_000
 
 
 def parse_path(pathname: object) -> Route:
@@ -91,3 +103,17 @@ def head_path(layer: int, head: int) -> str:
 
 def href(path: str, prompt: str | None) -> str:
     return path + search_for(prompt)
+
+
+def with_prompt(search: object, prompt: str | None) -> str:
+    """`search` with its prompt replaced by `prompt` (removed when None or empty);
+    its other parameters (the view state, `dashboard.state`) are kept as they were."""
+    kept = []
+    if isinstance(search, str) and len(search) <= MAX_SEARCH_CHARS:
+        kept = [
+            (key, value)
+            for key, value in parse_qsl(search.lstrip("?"), keep_blank_values=True)
+            if key != "prompt"
+        ]
+    params = ([("prompt", prompt)] if prompt else []) + kept
+    return f"?{urlencode(params)}" if params else ""

@@ -143,16 +143,19 @@ class ModelSession:
         *,
         name: str | None = None,
         load_error: str | None = None,
+        offline: str | None = None,
         max_prompts: int = 32,
         max_bytes: int = 1 << 30,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         max_flow_tokens: int = DEFAULT_MAX_FLOW_TOKENS,
     ) -> None:
-        if model is None and load_error is None:
+        if model is None and load_error is None and offline is None:
             raise ValueError("a session needs a model or the reason it has none")
         self.model = model
         self.name = name or (model.spec.name if model is not None else "unknown")
         self.load_error = load_error
+        #: What a session with no model serves instead (a saved capture or report), in words.
+        self.offline = offline
         self.max_tokens = max_tokens
         self.max_flow_tokens = max_flow_tokens
         self.lock = threading.RLock()
@@ -175,6 +178,11 @@ class ModelSession:
     # -- the model ---------------------------------------------------------------------------
 
     def require_model(self) -> HeadscopeModel:
+        if self.model is None and self.offline is not None:
+            raise ModelUnavailableError(
+                f"this page needs a model: the dashboard shows {self.offline} with no model "
+                f"loaded; start it with --model {self.name} to use this page"
+            )
         if self.model is None:
             raise ModelUnavailableError(
                 f"model {self.name!r} is not loaded (the message at the top says why)"

@@ -9,6 +9,7 @@ controls).
 
 from __future__ import annotations
 
+from headscope.dashboard.export import EXPORT_SCRIPT
 from headscope.figures.theme import THEME_CSS
 
 DASHBOARD_CSS = """
@@ -73,6 +74,19 @@ button.hs-token { cursor: pointer; }
 .hs-exact { font-family: var(--hs-mono); font-size: 12px;
   white-space: pre-wrap; color: var(--hs-ink); }
 ._dash-loading { margin: 20px; color: var(--hs-muted); }
+.hs-stale > * { opacity: .35; filter: grayscale(.6); }
+.hs-stale::before { content: "Results of the previous prompt (the new one was refused)";
+  display: block; margin: 0 0 8px 0; font-size: 12px; font-weight: 600; color: var(--hs-muted); }
+.hs-alert-action { color: inherit; font-weight: 650; text-decoration: underline; }
+.hs-export { display: flex; justify-content: flex-end; align-items: center; gap: 4px;
+  margin-top: 2px; opacity: .55; transition: opacity .15s; }
+.hs-panel:hover .hs-export, .hs-export:focus-within { opacity: 1; }
+.hs-export-label { font-size: 11px; color: var(--hs-muted); margin-right: 2px; }
+.hs-export-button { font-size: 10px; font-weight: 600; padding: 1px 6px; border-radius: 4px;
+  border: 1px solid var(--hs-line); background: #fff; color: var(--hs-muted); cursor: pointer;
+  font-family: var(--hs-sans); letter-spacing: .3px; }
+.hs-export-button:hover { background: var(--hs-accent-soft); color: var(--hs-accent);
+  border-color: var(--hs-accent); }
 """
 
 #: Everything the dashboard's page inlines: the shared stylesheet, then the dashboard's own.
@@ -80,8 +94,11 @@ CSS = THEME_CSS + DASHBOARD_CSS
 
 
 def index_string(script: str = "") -> str:
-    """Dash's HTML page with the stylesheet and `script` inlined in the head."""
-    return INDEX_STRING.replace("<!--headscope-script-->", f"<script>{script}</script>")
+    """Dash's HTML page with the stylesheet, the panels' export script
+    (`export.EXPORT_SCRIPT`) and `script` inlined in the head."""
+    return INDEX_STRING.replace(
+        "<!--headscope-script-->", f"<script>{EXPORT_SCRIPT}</script><script>{script}</script>"
+    )
 
 
 INDEX_STRING = (

@@ -1,7 +1,9 @@
 """Activation and attribution patching per head (docs/methods.md §2.5): clean z
 put into a corrupted run, exactly or to first order (attribution patching:
 Nanda 2023; Syed, Rager & Conmy 2023, "Attribution Patching Outperforms
-Automated Circuit Discovery")."""
+Automated Circuit Discovery"); per head and position with the `_positions`
+variants; `patching_ends` gives the clean and corrupted metric (the 1 and the
+0 of every fraction) without refusing a zero gap."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from headscope.models.loading import HeadscopeModel
 from headscope.models.tokens import TokenBatch
 from headscope.probes.batched import Source, check_batch_size, evaluate_settings, plan
 from headscope.probes.run import run
-from headscope.probes.sites import layer_sites
+from headscope.probes.sites import Site, layer_sites
 
 HeadSet = Sequence[tuple[int, int]] | Float[Tensor, "layer head"] | Float[Tensor, "set layer head"]
 
@@ -80,6 +82,28 @@ def _patch_setup(
             f"({setup.corrupted_value:.6g}) prompts, so patching has nothing to restore"
         )
     return setup
+
+
+def patching_ends(
+    model: HeadscopeModel, clean: Prompts, corrupted: Prompts, metric: MetricLike
+) -> tuple[Float[Tensor, " prompt"], Float[Tensor, " prompt"]]:
+    """The two ends of the patching scale, per prompt: the metric on the clean
+    prompts (1 on the scale) and on the corrupted ones (0), resolved on the
+    clean prompts as the patching functions resolve it. Unlike them it does
+    not refuse a zero gap: it is how a caller finds one. Two forwards; float64."""
+    clean_batch, corrupted_batch = as_batch(model, clean), as_batch(model, corrupted)
+    if clean_batch.batch_size != corrupted_batch.batch_size:
+        raise InputError(
+            f"{clean_batch.batch_size} clean prompts but {corrupted_batch.batch_size} "
+            "corrupted ones; patching pairs them one to one"
+        )
+    resolved = resolve_metric(model, metric, clean_batch)
+    with torch.no_grad():
+        clean_run = run(model, clean_batch, embedding=resolved.needs_embedding)
+        clean_values = resolved(clean_run.output, clean_batch).double().cpu()
+        corrupted_run = run(model, corrupted_batch, embedding=resolved.needs_embedding)
+        corrupted_values = resolved(corrupted_run.output, corrupted_batch).double().cpu()
+    return clean_values, corrupted_values
 
 
 def _patch_values(
@@ -200,6 +224,13 @@ def attribution_patching(
     forward over all prompts. Returns float64.
     """
     setup = _patch_setup(model, clean, corrupted, metric)
+    terms = _attribution_terms(model, setup)
+    return torch.stack([term.sum(0) for term in terms]) / setup.difference
+
+
+def _attribution_terms(model: HeadscopeModel, setup: _PatchSetup) -> list[Tensor]:
+    """Per layer, (z_clean − z_corr)·∂M/∂z summed over prompts and d_head:
+    `[position, head]` float64 on the CPU (zeros where M does not depend on z)."""
     sites = layer_sites("z", model.spec.n_layers)
     # A zero leaf added to each layer's z: its gradient is ∂M/∂z, and unlike a
     # detached z it keeps the paths from lower heads through this one.
@@ -216,14 +247,112 @@ def attribution_patching(
         gradients = torch.autograd.grad(
             value, [leaves[site].leaf for site in sites], allow_unused=True
         )
-    scores = []
+    terms = []
     for layer, gradient in enumerate(gradients):
         if gradient is None:
-            scores.append(torch.zeros(model.spec.n_heads, dtype=torch.float64))
+            terms.append(
+                torch.zeros(setup.corrupted.length, model.spec.n_heads, dtype=torch.float64)
+            )
             continue
         delta = setup.clean_z[layer].to(gradient) - result[sites[layer]].to(gradient)
-        scores.append((delta * gradient).double().sum((0, 1, 3)).cpu())
-    return torch.stack(scores) / setup.difference
+        terms.append((delta * gradient).double().sum((0, 3)).cpu())
+    return terms
+
+
+def _check_aligned(setup: _PatchSetup) -> None:
+    if len(set(setup.clean.lengths)) > 1:
+        raise InputError(
+            f"per-position patching needs prompts of one token length (positions line up "
+            f"across prompts), got lengths {sorted(set(setup.clean.lengths))}"
+        )
+
+
+def attribution_patching_positions(
+    model: HeadscopeModel, clean: Prompts, corrupted: Prompts, metric: MetricLike
+) -> Float[Tensor, "layer head position"]:
+    """Attribution patching per head and position: the terms of
+    `attribution_patching` before the sum over positions, so the positions of
+    a head sum to its `attribution_patching` score. Prompts must share one
+    token length. Same cost as `attribution_patching`. Returns float64."""
+    setup = _patch_setup(model, clean, corrupted, metric)
+    _check_aligned(setup)
+    terms = _attribution_terms(model, setup)
+    return torch.stack([term.T for term in terms]) / setup.difference
+
+
+def activation_patching_positions(
+    model: HeadscopeModel,
+    clean: Prompts,
+    corrupted: Prompts,
+    metric: MetricLike,
+    heads: Sequence[tuple[int, int]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    callback: ProgressCallback | None = None,
+) -> Float[Tensor, "set position"]:
+    """Activation patching per (head, position): run `corrupted`, put back the
+    clean z of one head at one position only, and report (M_patch − M_corr) /
+    (M_clean − M_corr), the metric averaged over prompts before the ratio
+    (Meng et al. 2022 patch states position by position; here the state is one
+    head's z). Row i of the result is `heads[i]`, one column per position.
+
+    Prompts must share one token length. A head of the last layer changes only
+    the logits at its own position, so for a loss its positions add up to its
+    `activation_patching` score. Cost: len(heads)·N settings, ⌈settings·P /
+    batch_size⌉ forwards for P prompts of N tokens. Memory: the clean z of every
+    layer plus one forward of batch_size sequences. Returns float64.
+    """
+    check_batch_size(batch_size)
+    pairs = check_pairs(model, heads)
+    if not pairs:
+        raise InputError("choose at least one head to patch position by position")
+    setup = _patch_setup(model, clean, corrupted, metric)
+    _check_aligned(setup)
+    prompts, length = setup.corrupted.batch_size, setup.corrupted.length
+    settings = [(layer, head, position) for layer, head in pairs for position in range(length)]
+    copies = max(1, batch_size // prompts)
+    chunks = [settings[i : i + copies] for i in range(0, len(settings), copies)]
+    values = torch.empty(len(settings), dtype=torch.float64)
+    with tracking(len(chunks), progress, callback, "activation patching by position") as tracker:
+        for number, chunk in enumerate(chunks):
+            prompt_rows = torch.arange(prompts).repeat(len(chunk))
+            tiled = setup.corrupted.select(prompt_rows)
+            edits = _position_edits(model, setup, chunk, prompt_rows)
+            with torch.no_grad():
+                output = run(model, tiled, edit=edits, embedding=setup.metric.needs_embedding)
+                rows = setup.metric(output.output, tiled, prompt_rows).double().cpu()
+            start = number * copies
+            values[start : start + len(chunk)] = rows.reshape(len(chunk), prompts).mean(1)
+            tracker.step()
+    fractions = (values - setup.corrupted_value) / setup.difference
+    return fractions.reshape(len(pairs), length)
+
+
+def _position_edits(
+    model: HeadscopeModel,
+    setup: _PatchSetup,
+    chunk: Sequence[tuple[int, int, int]],
+    prompt_rows: Tensor,
+) -> dict[Site, Any]:
+    """z ← clean z at (head, position) of each row's setting, per layer."""
+    prompts, length = setup.corrupted.batch_size, setup.corrupted.length
+    masks: dict[int, Tensor] = {}
+    for index, (layer, head, position) in enumerate(chunk):
+        mask = masks.setdefault(
+            layer, torch.zeros(len(chunk) * prompts, length, model.spec.n_heads)
+        )
+        mask[index * prompts : (index + 1) * prompts, position, head] = 1
+    edits: dict[Site, Any] = {}
+    for layer, mask in masks.items():
+
+        def edit(z: Tensor, layer: int = layer, mask: Tensor = mask) -> Tensor:
+            source = setup.clean_z[layer][prompt_rows.to(setup.clean_z[layer].device)]
+            amount = mask.to(z.device, z.dtype)[..., None]
+            return z + amount * (source.to(z.device, z.dtype) - z)
+
+        edits[Site(layer, "z")] = edit
+    return edits
 
 
 class _ZeroLeaf:

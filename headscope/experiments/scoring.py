@@ -22,6 +22,9 @@ Each method's scores are oriented so that higher means more important
 - `attribution`: attribution patching from each prompt's `corrupted` version
   towards the clean one, as the fraction of the clean − corrupted metric gap a
   head restores, to first order. One unit per prompt.
+- `activation`: activation patching, the same fraction measured exactly: one
+  head's clean z put into the corrupted run (not among the report's default
+  `METHODS`; the dashboard's Patching page asks for it). One unit per prompt.
 
 The clean text of a prompt is `prompt + target`; the loss scores the tokens
 the target rule picks (`experiments.targets`). Scores are a deterministic
@@ -56,20 +59,31 @@ from headscope.experiments.metrics import (
     next_token_loss,
     resolve_metric,
 )
-from headscope.experiments.patching import attribution_patching
+from headscope.experiments.patching import (
+    activation_patching,
+    activation_patching_positions,
+    attribution_patching,
+    attribution_patching_positions,
+    patching_ends,
+)
 from headscope.experiments.targets import TARGET_RULES, TargetRule, check_rule, resolve_targets
 from headscope.models.loading import HeadscopeModel
 from headscope.models.tokens import TokenBatch
 
 METHODS: tuple[str, ...] = ("ablation", "gradient", "chg", "attribution")
 #: Methods scored once per prompt; the others (CHG) once per call.
-PER_PROMPT: tuple[str, ...] = ("ablation", "gradient", "attribution")
+PER_PROMPT: tuple[str, ...] = ("ablation", "gradient", "attribution", "activation")
+#: Methods `score_heads` also takes beyond the report's `METHODS`.
+EXTRA_METHODS: tuple[str, ...] = ("activation",)
+#: The methods that patch from each prompt's `corrupted` version.
+PATCHING_METHODS: tuple[str, ...] = ("attribution", "activation")
 #: What a score of each method means.
 SCORE_MEANING: dict[str, str] = {
     "ablation": "harm to the metric when the head's z is zeroed (higher: more important)",
     "gradient": "Michel et al. 2019 |dM/d gate|, normalised per layer within each prompt",
     "chg": "Causal Head Gating facilitation G- (one unit per seed)",
     "attribution": "fraction of the clean - corrupted metric gap restored (attribution patching)",
+    "activation": "fraction of the clean - corrupted metric gap restored (activation patching)",
 }
 #: The metrics score_heads supports (names from the metric vocabulary).
 SCORING_METRICS: tuple[str, ...] = ("loss", "logit_diff", "embedding_cosine")
@@ -267,13 +281,13 @@ def encode_prompt(
     corrupted_ids = None
     if corrupted:
         if not item.corrupted:
-            raise InputError(f"{name}: attribution patching needs a 'corrupted' prompt")
+            raise InputError(f"{name}: patching needs a 'corrupted' prompt")
         whole = _encode(model, item.corrupted)
         corrupted_ids = [whole[i] for i in _kept_positions(model, whole, truncate, name)]
         if metric == "loss" and len(corrupted_ids) != len(ids):
             raise InputError(
                 f"{name}: 'corrupted' has {len(corrupted_ids)} tokens and prompt + target "
-                f"{len(ids)}; attribution patching needs equal token lengths"
+                f"{len(ids)}; patching needs equal token lengths"
             )
     answer = wrong = None
     if metric == "logit_diff":
@@ -325,12 +339,14 @@ def check_prompts(prompts: Sequence[ScoringPrompt], methods: Sequence[str], metr
                     f"{article} '{name}' string on every prompt; {len(missing)} prompt(s) "
                     f"have none ({listed(missing)})"
                 )
-    if "attribution" in methods:
+    for method in PATCHING_METHODS:
+        if method not in methods:
+            continue
         missing = [i for i, item in enumerate(prompts) if not item.corrupted]
         if missing:
-            others = ",".join(m for m in methods if m != "attribution") or "ablation"
+            others = ",".join(m for m in methods if m not in PATCHING_METHODS) or "ablation"
             raise InputError(
-                f"method 'attribution' needs a 'corrupted' prompt on every line; "
+                f"method {method!r} needs a 'corrupted' prompt on every line; "
                 f"{len(missing)} prompt(s) have none ({listed(missing)}); add them or "
                 f"run --methods {others}"
             )
@@ -341,10 +357,11 @@ def check_options(
 ) -> tuple[tuple[str, ...], MetricInfo]:
     """Validated (methods, metric entry): known names, and a metric the model can compute."""
     chosen = tuple(methods)
-    unknown = [m for m in chosen if m not in METHODS]
+    known = (*METHODS, *EXTRA_METHODS)
+    unknown = [m for m in chosen if m not in known]
     if unknown or not chosen:
         raise InputError(
-            f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}"
+            f"unknown method(s) {unknown}; choose from {', '.join(known)}"
             if unknown
             else "choose at least one method"
         )
@@ -408,7 +425,8 @@ def score_heads(
     `progress(done, total, label)` is called as the work advances.
 
     Cost for P prompts and H heads: ablation ⌈P·H/16⌉ forwards; gradient P
-    forward+backward passes; attribution 2P forwards and P backwards; CHG
+    forward+backward passes; attribution 2P forwards and P backwards;
+    activation 2P + ⌈P·H/16⌉ forwards; CHG
     2·chg_steps forward+backward passes over 2·chg_seeds·P sequences at most.
     """
     chosen, info = check_options(model, methods, metric, target)
@@ -425,7 +443,7 @@ def score_heads(
             item,
             metric=info.name,
             target=target,
-            corrupted="attribution" in chosen,
+            corrupted=any(m in PATCHING_METHODS for m in chosen),
             truncate=truncate,
             label=f"prompt {i}",
         )
@@ -496,11 +514,11 @@ def score_heads(
                     SCORE_MEANING[method],
                     warning=chg.warning,
                 )
-            else:  # attribution
+            else:  # attribution or activation patching
                 per_prompt = []
                 for i, row in enumerate(rows):
-                    per_prompt.append(_attribution(model, info.name, row))
-                    report(base + 100 * (i + 1) // len(rows), stage_total, "attribution…")
+                    per_prompt.append(_patching(model, info.name, row, method))
+                    report(base + 100 * (i + 1) // len(rows), stage_total, f"{method}…")
                 results[method] = MethodScores(
                     method, torch.stack(per_prompt).double(), labels, SCORE_MEANING[method]
                 )
@@ -560,16 +578,204 @@ def _detached(scores: MethodScores) -> MethodScores:
     )
 
 
-def _attribution(model: HeadscopeModel, metric: str, row: EncodedPrompt) -> Tensor:
+def _patching(
+    model: HeadscopeModel, metric: str, row: EncodedPrompt, method: str = "attribution"
+) -> Tensor:
     assert row.corrupted is not None  # encode_prompt(corrupted=True)
     clean = _batch(model, [row.ids])
     corrupted = _batch(model, [row.corrupted])
+    patch = activation_patching if method == "activation" else attribution_patching
     try:
-        return attribution_patching(
-            model, clean, corrupted, _attribution_metric(metric, row, clean)
-        )
+        return patch(model, clean, corrupted, _attribution_metric(metric, row, clean))
     except InputError as error:
-        raise InputError(f"attribution on {row.label}: {error}") from None
+        raise InputError(f"{method} on {row.label}: {error}") from None
+
+
+#: A clean − corrupted gap below this fraction of the metric's scale
+#: (max(1, |clean|, |corrupted|)) counts as none: patching fractions divide by
+#: the gap, so on such a pair they are noise.
+GAP_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class PatchingBaseline:
+    """The two ends of the patching scale per prompt, measured as
+    `score_heads`' patching methods measure them: the metric on the clean
+    prompt (1 on the scale) and on the corrupted prompt, scored against the
+    clean tokens (0); the target rule each prompt resolved to and its number of
+    scored tokens (the support)."""
+
+    metric: MetricInfo
+    target: str
+    prompts: tuple[str, ...]
+    prompt_targets: tuple[str, ...]
+    target_tokens: tuple[int, ...]
+    clean: Float[Tensor, " prompt"]
+    corrupted: Float[Tensor, " prompt"]
+
+    @property
+    def gap(self) -> Float[Tensor, " prompt"]:
+        """clean − corrupted, the denominator of every patching fraction."""
+        return self.clean - self.corrupted
+
+    @property
+    def without_gap(self) -> tuple[int, ...]:
+        """Prompts whose gap is below GAP_FLOOR of the metric's scale: the
+        corruption does not change the metric, and patching fractions are
+        meaningless there."""
+        scale = torch.maximum(self.clean.abs(), self.corrupted.abs()).clamp(min=1.0)
+        small = self.gap.abs() < GAP_FLOOR * scale
+        return tuple(int(i) for i in small.nonzero().flatten())
+
+    @property
+    def described(self) -> str:
+        """One line: both ends and the gap (means over prompts) and the support."""
+        info = self.metric
+        over = f" (means over {len(self.prompts)} prompts)" if len(self.prompts) > 1 else ""
+        ends = (
+            f"{info.name} ({info.unit}, {info.better}): clean {float(self.clean.mean()):.4g}, "
+            f"corrupted {float(self.corrupted.mean()):.4g}, gap clean − corrupted "
+            f"{float(self.gap.mean()):.4g}{over}"
+        )
+        if info.name != "loss":  # only the loss reads target tokens
+            return f"{ends}; {info.description}"
+        rules = ", ".join(sorted(set(self.prompt_targets)))
+        return f"{ends}; target {self.target!r} → {rules}, {sum(self.target_tokens)} scored tokens"
+
+
+def _patching_rows(
+    model: HeadscopeModel,
+    prompts: Sequence[ScoringPrompt],
+    metric: str,
+    target: TargetRule,
+    truncate: bool,
+) -> tuple[MetricInfo, list[EncodedPrompt]]:
+    _, info = check_options(model, ["activation"], metric, target)
+    if not prompts:
+        raise InputError("no prompts given")
+    check_prompts(prompts, ["activation"], info.name)
+    rows = [
+        encode_prompt(
+            model,
+            item,
+            metric=info.name,
+            target=target,
+            corrupted=True,
+            truncate=truncate,
+            label=f"prompt {i}",
+        )
+        for i, item in enumerate(prompts)
+    ]
+    for row in rows:
+        assert row.corrupted is not None
+        if len(row.corrupted) != len(row.ids):
+            raise InputError(
+                f"{row.label}: the clean prompt has {len(row.ids)} tokens and the corrupted "
+                f"one {len(row.corrupted)}; patching needs equal token counts"
+            )
+    return info, rows
+
+
+def patching_baseline(
+    model: HeadscopeModel,
+    prompts: Sequence[ScoringPrompt],
+    metric: str = "loss",
+    target: TargetRule = "auto",
+    *,
+    truncate: bool = False,
+) -> PatchingBaseline:
+    """The clean and corrupted metric of each prompt (`ScoringPrompt.corrupted`
+    required, equal token counts), with the metric, targets and labels of
+    `score_heads`' patching methods. Two forwards per prompt."""
+    info, rows = _patching_rows(model, prompts, metric, target, truncate)
+    clean, corrupted = [], []
+    with deterministic(0):
+        for row in rows:
+            clean_batch = _batch(model, [row.ids])
+            assert row.corrupted is not None
+            ends = patching_ends(
+                model,
+                clean_batch,
+                _batch(model, [row.corrupted]),
+                _attribution_metric(info.name, row, clean_batch),
+            )
+            clean.append(ends[0][0])
+            corrupted.append(ends[1][0])
+    return PatchingBaseline(
+        metric=info,
+        target=target,
+        prompts=tuple(item.label or f"prompt-{i}" for i, item in enumerate(prompts)),
+        prompt_targets=tuple(row.rule for row in rows),
+        target_tokens=tuple(sum(row.targets) for row in rows),
+        clean=torch.stack(clean).double(),
+        corrupted=torch.stack(corrupted).double(),
+    )
+
+
+@dataclass(frozen=True)
+class PositionScores:
+    """Patching per (head, position) of one prompt: `scores[i, p]` is the
+    fraction of the clean − corrupted gap restored by patching `heads[i]` at
+    position p alone (`method` "activation": exactly; "attribution": to first
+    order), with both prompts' token strings."""
+
+    method: str
+    heads: tuple[tuple[int, int], ...]
+    scores: Float[Tensor, "set position"]
+    clean_tokens: tuple[str, ...]
+    corrupted_tokens: tuple[str, ...]
+    meaning: str
+
+
+def position_patching(
+    model: HeadscopeModel,
+    prompt: ScoringPrompt,
+    heads: Sequence[tuple[int, int]],
+    method: str = "activation",
+    metric: str = "loss",
+    target: TargetRule = "auto",
+    *,
+    truncate: bool = False,
+    progress: ProgressReport | None = None,
+) -> PositionScores:
+    """Activation or attribution patching of `heads` position by position on
+    one prompt and its `corrupted` version, with `score_heads`' metric and
+    targets (`patching.activation_patching_positions`,
+    `patching.attribution_patching_positions`). Activation: len(heads)·N
+    settings, ⌈len(heads)·N/16⌉ forwards; attribution: two forwards and one
+    backward."""
+    if method not in PATCHING_METHODS:
+        raise InputError(f"unknown patching method {method!r}; choose from {PATCHING_METHODS}")
+    info, rows = _patching_rows(model, [prompt], metric, target, truncate)
+    row = rows[0]
+    assert row.corrupted is not None
+    clean = _batch(model, [row.ids])
+    corrupted = _batch(model, [row.corrupted])
+    bound = _attribution_metric(info.name, row, clean)
+    report = progress or (lambda done, total, label: None)
+    with deterministic(0):
+        try:
+            if method == "activation":
+
+                def step(done: int, total: int) -> None:
+                    report(done, total, f"activation patching by position: {done}/{total}")
+
+                scores = activation_patching_positions(
+                    model, clean, corrupted, bound, list(heads), callback=step
+                )
+            else:
+                grid = attribution_patching_positions(model, clean, corrupted, bound)
+                scores = torch.stack([grid[layer, head] for layer, head in heads])
+        except InputError as error:
+            raise InputError(f"{method} by position: {error}") from None
+    return PositionScores(
+        method,
+        tuple((int(layer), int(head)) for layer, head in heads),
+        scores.detach().cpu(),
+        clean.tokens[0],
+        corrupted.tokens[0],
+        SCORE_MEANING[method],
+    )
 
 
 def pruning_curves(
@@ -618,7 +824,10 @@ def pruning_curves(
 
 
 __all__ = [
+    "EXTRA_METHODS",
+    "GAP_FLOOR",
     "METHODS",
+    "PATCHING_METHODS",
     "PER_PROMPT",
     "SCORE_MEANING",
     "SCORING_METRICS",
@@ -626,11 +835,15 @@ __all__ = [
     "EncodedPrompt",
     "HeadScores",
     "MethodScores",
+    "PatchingBaseline",
+    "PositionScores",
     "ScoringPrompt",
     "check_options",
     "check_prompts",
     "deterministic",
     "encode_prompt",
+    "patching_baseline",
+    "position_patching",
     "prompt_metric",
     "pruning_curves",
     "score_heads",

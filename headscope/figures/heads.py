@@ -245,6 +245,9 @@ def label_grid(
             "x": 0,
             "font": {"size": 10},
         },
+        # the axis title keeps its place below the ticks, above the legend (without
+        # automargin plotly drew it on the tick labels' line)
+        xaxis={"automargin": True, "title": {"standoff": 4}},
         margin={"l": 55, "r": 10, "t": 40, "b": 50 + 20 * legend_rows},
     )
     _outline(figure, layers, heads, selected)

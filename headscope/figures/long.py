@@ -24,6 +24,7 @@ from headscope.errors import InputError
 from headscope.figures.arrays import float32, reduction_factor
 from headscope.figures.style import (
     COLORS,
+    LOG_AXIS,
     SEQUENTIAL,
     STATISTIC,
     TEMPLATE,
@@ -249,9 +250,16 @@ def sinks_over_position(
             },
             "height": 330,
             "xaxis": {"title": {"text": "position"}, "range": [-0.5, n - 0.5]},
-            "yaxis": {"title": {"text": "attention"}, "type": "log"},
-            "legend": {"orientation": "h", "y": -0.25, "x": 0},
-            "margin": {"l": 60, "r": 20, "t": 40, "b": 80},
+            "yaxis": {"title": {"text": "attention"}, **LOG_AXIS},
+            # the legend at the bottom of the figure, clear of the axis title
+            "legend": {
+                "orientation": "h",
+                "yref": "container",
+                "y": 0,
+                "yanchor": "bottom",
+                "x": 0,
+            },
+            "margin": {"l": 60, "r": 20, "t": 40, "b": 100},
             "meta": {"factor": factor, "n": n},
         },
     )

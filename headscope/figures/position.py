@@ -13,15 +13,12 @@ from headscope.errors import InputError
 from headscope.figures.arrays import float32, int32
 from headscope.figures.style import (
     HIGHLIGHT_COLOR,
+    LOG_AXIS,
     SEQUENTIAL,
     base_figure,
     plotly_text,
     token_label,
 )
-
-#: A log axis labelled at powers of ten only, written as powers (10⁻⁴, never "100μ"
-#: beside "0.001"); the ticks between decades stay unlabelled (no bare "2", "5").
-LOG_AXIS = {"type": "log", "exponentformat": "power", "minorloglabels": "none"}
 
 
 def sink_scores(
@@ -37,6 +34,7 @@ def sink_scores(
     layer_index: Sequence[int] | None = None,
     head_index: Sequence[int] | None = None,
     max_keys: int = 32,
+    max_heads: int | None = None,
     title: str = "Sink score α_k per head",
 ) -> go.Figure:
     """Heatmap of sink scores `[layer, head, key]` (one row per head, the first
@@ -45,7 +43,11 @@ def sink_scores(
     when given, else the cells above `threshold`. `baseline` and `support` (`[key]`:
     uniform attention's α_k and the number of queries that see each key) add the ratio
     to the baseline and the support to the hover; with `min_queries`, keys seen by fewer
-    queries (never sinks: too little evidence) are greyed out."""
+    queries (never sinks: too little evidence) are greyed out.
+
+    `max_heads`: with more heads than that, only the rows of the `max_heads`
+    heads with the highest α_k over the shown keys are drawn (heads with a
+    marked sink first), in model order; the title says how many of how many."""
     grid = float32(scores)
     if grid.ndim != 3:
         raise ValueError(f"sink_scores needs [layer, head, key], got shape {grid.shape}")
@@ -56,6 +58,22 @@ def sink_scores(
     rows = grid.reshape(n_layers * n_heads, n_keys)[:, :shown]
     row_names = [f"L{layer}.H{head}" for layer in layers for head in heads]
     key_names = [f"{k} {token_label(tokens[k])}" for k in range(shown)]
+    if sinks is not None:
+        marked = np.asarray(sinks, dtype=bool)
+        if marked.shape != grid.shape:
+            raise InputError(f"sinks must be {grid.shape}, got {marked.shape}")
+        marked = marked.reshape(n_layers * n_heads, n_keys)[:, :shown]
+        name = f"sink ({rule})" if rule else "sink"
+    else:
+        marked = rows > threshold
+        name = f"sink (α > {threshold:g})"
+    kept = np.arange(len(row_names))
+    if max_heads is not None and len(row_names) > max(1, max_heads):
+        peak = np.nan_to_num(rows, nan=-1.0).max(axis=1) + 2.0 * marked.any(axis=1)
+        kept = np.sort(np.argsort(-peak, kind="stable")[: max(1, max_heads)])
+        title = f"{title} (top {len(kept)} of {len(row_names)} heads by α_k)"
+        rows, marked = rows[kept], marked[kept]
+        row_names = [row_names[i] for i in kept]
     figure = base_figure(title, height=max(260, 110 + 14 * len(row_names)))
     hover = "%{y}<br>key %{x}<br>α %{z:.3f}"
     customdata = None
@@ -86,15 +104,6 @@ def sink_scores(
             hovertemplate=hover + "<extra></extra>",
         )
     )
-    if sinks is not None:
-        marked = np.asarray(sinks, dtype=bool)
-        if marked.shape != grid.shape:
-            raise InputError(f"sinks must be {grid.shape}, got {marked.shape}")
-        marked = marked.reshape(n_layers * n_heads, n_keys)[:, :shown]
-        name = f"sink ({rule})" if rule else "sink"
-    else:
-        marked = rows > threshold
-        name = f"sink (α > {threshold:g})"
     hot_rows, hot_cols = np.nonzero(marked)
     if len(hot_rows):
         figure.add_trace(

@@ -15,14 +15,11 @@ from headscope.figures.style import (
     BASELINE_COLOR,
     COLORS,
     HIGHLIGHT_COLOR,
+    LOG_AXIS,
     SEQUENTIAL,
     base_figure,
     plotly_text,
 )
-
-#: A log axis labelled at powers of ten only, written as powers (10⁻⁴, never "100μ"
-#: beside "0.001"); the ticks between decades stay unlabelled (no bare "2", "5").
-LOG_AXIS = {"type": "log", "exponentformat": "power", "minorloglabels": "none"}
 
 
 def singular_spectra(

@@ -34,6 +34,10 @@ COLORS = ("#1f5fa8", "#e07b39", "#7f7f7f", "#2ca02c", "#9467bd", "#d62728")
 BASELINE_COLOR = "#555555"
 HIGHLIGHT_COLOR = "#d62728"
 
+#: A log axis labelled at powers of ten only, written as powers (10⁻⁴, never "100μ"
+#: beside "0.001"); the ticks between decades stay unlabelled (no bare "2", "5").
+LOG_AXIS = {"type": "log", "exponentformat": "power", "minorloglabels": "none"}
+
 TEMPLATE = go.layout.Template(
     layout=go.Layout(
         font={"family": FONT_FAMILY, "size": 12, "color": "#222222"},

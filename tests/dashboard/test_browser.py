@@ -218,8 +218,8 @@ def test_background_job_shows_progress_and_can_be_cancelled(dash_duo, toy_model)
     dash_duo.find_element("#imp-cancel").click()
     dash_duo.wait_for_style_to_equal("#imp-progress-block", "display", "none", timeout=20)
     until(lambda: not dash_duo.find_element("#imp-run").get_attribute("disabled"), timeout=10)
-    # the job never delivered: the CHG figure still asks to press Run
-    assert "Press Run" in dash_duo.find_element("#imp-chg-facilitation").text
+    # the job never delivered: the CHG figure still asks to press Score heads
+    assert "Press Score heads" in dash_duo.find_element("#imp-chg-facilitation").text
     assert dash_duo.get_logs() == []
 
 

@@ -24,6 +24,7 @@ from headscope.dashboard.app import create_app, listen, run_dashboard, stop_app
 from headscope.errors import ServeError
 
 PROMPT = {"prompt": "red cat blue dog red cat blue dog"}
+TOKEN = "lifecycle-test-token-0123456789"
 FLOW_INPUTS = {"prompt-store.data": PROMPT, "flow-query.value": 3, "flow-residual.value": 0.5}
 
 
@@ -93,7 +94,10 @@ def _serve_then_signal(signum: int, port: int, seen: dict) -> threading.Thread:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/", headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                with urllib.request.urlopen(request, timeout=5) as page:
                     seen["status"] = page.status
                     break
             except OSError:
@@ -116,14 +120,16 @@ def test_a_signal_stops_the_server_and_everything_it_started(
     helper = _serve_then_signal(signum, port, seen)
     expected = KeyboardInterrupt if signum == signal.SIGINT else SystemExit
     with pytest.raises(expected) as stopped:
-        run_dashboard(toy_model, host="0.0.0.0", port=port, debug=signum == signal.SIGTERM)
+        # beyond loopback with the token; debug is only served on loopback
+        host = "0.0.0.0" if signum == signal.SIGINT else "127.0.0.1"
+        run_dashboard(toy_model, host=host, port=port, debug=signum == signal.SIGTERM, token=TOKEN)
     helper.join(10)
     assert seen.get("status") == 200
     if signum == signal.SIGTERM:
         assert stopped.value.code == 143
     out = capsys.readouterr()
     assert f"http://127.0.0.1:{port}/" in out.out and "Dash is running" not in out.out
-    assert out.out.count("warning") == (2 if signum == signal.SIGTERM else 1)  # 0.0.0.0 (+ debug)
+    assert out.out.count("warning") == 1  # 0.0.0.0, or debug
     assert f"{signal.Signals(signum).name} received, stopping" in out.err
     # everything it started is gone, and the signal handlers are back
     assert not [t for t in threading.enumerate() if t.name == "headscope-warm-up"]

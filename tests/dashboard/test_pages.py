@@ -612,7 +612,10 @@ def test_overview_thumbnails_name_the_cell_and_open_its_head(toy_session):
 def test_small_panels_have_no_toolbar():
     from headscope.dashboard.components import graph
 
-    assert graph("small", height=260).config["displayModeBar"] is False
-    assert graph("large", height=600).config["displayModeBar"] == "hover"
-    assert graph("forced", height=600, toolbar=False).config["displayModeBar"] is False
-    assert graph("large", height=600).config["displaylogo"] is False
+    def config(panel):  # the dcc.Graph, first in the panel (its export buttons follow)
+        return panel.children[0].config
+
+    assert config(graph("small", height=260))["displayModeBar"] is False
+    assert config(graph("large", height=600))["displayModeBar"] == "hover"
+    assert config(graph("forced", height=600, toolbar=False))["displayModeBar"] is False
+    assert config(graph("large", height=600))["displaylogo"] is False

@@ -166,7 +166,7 @@ def test_bad_prompts_are_refused_with_a_visible_message(toy_session):
             toy_session, "prompt-run", "", typed, {"prompt": "red cat"}
         )
         assert store is no_update and search is no_update
-        assert text in message.children and "hs-alert" in message.className
+        assert text in message.children[0].children and "hs-alert" in message.className
 
 
 def test_markup_prompts_are_kept_as_text(toy_session):
