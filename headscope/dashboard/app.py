@@ -430,8 +430,12 @@ def run_dashboard(
             print("warning: debug mode is on: the debugger allows running code; never expose it")
         url = _url(host, wsgi_server.port) + (f"?{TOKEN_PARAM}={token}" if token else "")
         print(f"headscope dashboard: {url}  (Ctrl+C to stop)", flush=True)
+        if hasattr(wsgi_server, "stopped"):
+            wsgi_server.stopped = lambda: signals.received is not None
         signals.arm()
         wsgi_server.serve_forever()
+        if signals.received is not None:  # the loop saw the stop request itself
+            raise _Stop(signals.received)
     except _Stop as stop:
         signum = stop.signum
         name = signal.Signals(signum).name

@@ -147,9 +147,25 @@ class WaitressServer:
             ident="headscope",
             clear_untrusted_proxy_headers=True,
         )
+        #: Set by `run_dashboard`: True once a stop signal has been received.
+        self.stopped: Callable[[], bool] = lambda: False
 
     def serve_forever(self) -> None:
-        self.server.run()
+        """waitress's loop, one poll at a time, until `stopped()`. A signal handler's
+        exception raised while the loop handles a connection's event is swallowed by
+        that connection's error handler (wasyncore re-raises only KeyboardInterrupt
+        and SystemExit there), so the loop also checks `stopped` after every poll
+        (at most `asyncore_loop_timeout`, 1 s, apart)."""
+        from waitress import wasyncore
+
+        adj = self.server.adj
+        while not self.stopped():
+            wasyncore.loop(
+                timeout=adj.asyncore_loop_timeout,
+                map=self.server._map,
+                use_poll=adj.asyncore_use_poll,
+                count=1,
+            )
 
     def server_close(self) -> None:
         """Stop accepting connections; the worker threads end after their request."""

@@ -248,3 +248,28 @@ def test_a_browser_opens_the_token_link_once_then_works_by_cookie(dash_duo, toy_
         server.server_close()
         listener.close()
         stop_app(app)
+
+
+def test_the_waitress_loop_ends_once_stopped_without_an_exception():
+    """A stop signal whose exception a connection's error handler swallowed (wasyncore
+    calls handle_error for anything but KeyboardInterrupt/SystemExit) still ends the
+    loop: it checks `stopped()` after every poll."""
+    listener = listen("127.0.0.1", 0)
+
+    def hello(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = serving.make_server(hello, "127.0.0.1", listener, "waitress")
+    stop = threading.Event()
+    server.stopped = stop.is_set
+    runner = threading.Thread(target=server.serve_forever, daemon=True)
+    runner.start()
+    assert get(server.port).status == 200
+    time.sleep(0.2)
+    assert runner.is_alive()  # serving until told
+    stop.set()
+    runner.join(5)
+    assert not runner.is_alive()
+    server.server_close()
+    listener.close()
