@@ -299,6 +299,11 @@ window.headscope = {
     const name = path.slice(1);
     return kinds.indexOf(name) >= 0 ? name : "missing:" + path;
   },
+  // Whether two searches hold the same view-state values (the prompt is not compared).
+  sameState: function(a, b) {
+    const pa = new URLSearchParams(a || ""), pb = new URLSearchParams(b || "");
+    return STATE_KEYS.every(function(key) { return (pa.get(key) || "") === (pb.get(key) || ""); });
+  },
   // `search` with the view state's values set (empty ones removed); unchanged without a state.
   stateSearch: function(search, state) {
     const params = new URLSearchParams(search || "");
@@ -489,7 +494,10 @@ function(viewState, _store, _pathname, _search) {
     if (!viewState) { return window.dash_clientside.no_update; }
     const current = window.location.search;
     const next = window.headscope.stateSearch(current, viewState);
-    if (next !== current) {
+    // Only a change of the state's own keys is written: when a new prompt and its
+    // URL are output together this may run before dcc.Location has pushed the new
+    // address, and rewriting the whole search would put the old prompt back.
+    if (!window.headscope.sameState(current, next)) {
         window.history.replaceState(window.history.state, "",
                                     window.location.pathname + next + window.location.hash);
     }

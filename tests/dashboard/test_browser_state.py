@@ -172,6 +172,35 @@ def test_bad_url_values_get_a_message_and_no_markup(dash_duo, toy_model):
     assert dash_duo.get_logs() == []
 
 
+@pytest.mark.parametrize("query", ["", "&gates=1.3:0"])
+def test_a_new_prompt_run_on_a_shared_url_replaces_the_old_one(dash_duo, toy_model, query):
+    """Typing a prompt and pressing Run on a page opened from a link (the prompt in
+    its URL, with or without view state) draws the new prompt and keeps the state:
+    the URL writer must not put the link's old prompt back."""
+    dash_duo.start_server(create_app(model=toy_model))
+    dash_duo.wait_for_page(f"{dash_duo.server_url}/head/1/3?prompt={quote(PROMPT)}{query}")
+    dash_duo.wait_for_contains_text("#prompt-info", "tokens", timeout=30)
+    idle(dash_duo)
+    fresh = "sun tree key sun tree key"
+    dash_duo.driver.execute_script(
+        "const box = document.getElementById('prompt-input');"
+        "const set = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(box), 'value').set;"
+        "set.call(box, arguments[0]); box.dispatchEvent(new Event('input', {bubbles: true}));"
+        "setTimeout(() => document.getElementById('prompt-run').click(), 0);",
+        fresh,
+    )
+    labels = (
+        "const gd = document.querySelector('#head-map .js-plotly-plot');"
+        "return gd && gd.data && gd.data[0] && gd.data[0].x.slice(0, 3);"
+    )
+    until(lambda: (dash_duo.driver.execute_script(labels) or [None])[1:] == ["1 sun", "2 tree"], 30)
+    idle(dash_duo)
+    assert url_state(dash_duo)["prompt"] == [fresh]
+    assert dash_duo.find_element("#prompt-input").get_attribute("value") == fresh
+    if query:
+        assert url_state(dash_duo)["gates"] == ["1.3:0"]
+
+
 def test_importance_pickers_follow_the_url(dash_duo, toy_model):
     dash_duo.start_server(create_app(model=toy_model))
     dash_duo.wait_for_page(dash_duo.server_url + "/importance?metric=embedding_cosine&target=last")
