@@ -159,7 +159,9 @@ class WaitressServer:
         from waitress import wasyncore
 
         adj = self.server.adj
-        while not self.stopped():
+        # server_close() empties the map: wasyncore.loop then returns at once, so
+        # the loop ends there too instead of spinning.
+        while not self.stopped() and self.server._map:
             wasyncore.loop(
                 timeout=adj.asyncore_loop_timeout,
                 map=self.server._map,

@@ -273,3 +273,16 @@ def test_the_waitress_loop_ends_once_stopped_without_an_exception():
     assert not runner.is_alive()
     server.server_close()
     listener.close()
+
+
+def test_the_waitress_loop_ends_when_the_server_is_closed():
+    """`server_close()` from another thread ends `serve_forever` (no busy loop left)."""
+    listener = listen("127.0.0.1", 0)
+    server = serving.make_server(lambda e, s: [], "127.0.0.1", listener, "waitress")
+    runner = threading.Thread(target=server.serve_forever, daemon=True)
+    runner.start()
+    time.sleep(0.2)
+    server.server_close()
+    runner.join(5)
+    assert not runner.is_alive()
+    listener.close()
