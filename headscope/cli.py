@@ -141,7 +141,7 @@ def capture(
         _fail(str(error))
     summary = head_summary(record.pattern) if mode == "maps" else _stats_summary(record)
     spec = record.spec
-    bos = " (BOS prepended)" if record.provenance.prepended_bos else ""
+    bos = f" ({record.tokens[0]} prepended)" if record.provenance.prepended_bos else ""
     typer.echo(
         f"{spec.name}: {spec.n_layers} layers x {spec.n_heads} heads, "
         f"{len(record.tokens)} tokens{bos}"

@@ -148,7 +148,10 @@ def position_outputs(
                 for li, hi, k in pairs
             )
 
-        bos = " BOS prepended: key 0 is BOS." if record.provenance.prepended_bos else ""
+        first = display_token(state.tokens[0]) if state.tokens else "BOS"
+        bos = (
+            f" Key 0 is {first}, added by the tokenizer." if record.provenance.prepended_bos else ""
+        )
         rule = f"{decision.rule()}, the mask read from the model."
         strongest = "" if len(hot) <= TOP_PAIRS else f", the {TOP_PAIRS} strongest"
         text = (

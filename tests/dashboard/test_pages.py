@@ -195,7 +195,15 @@ def test_encoder_flow_page_says_relevance_is_unavailable(minilm_session):
 def test_position_page(toy_session):
     text, sinks, influence, _ = position.position_outputs(toy_session, PROMPT, 4, "evil")
     assert isinstance(sinks, go.Figure) and isinstance(influence, go.Figure)
-    assert "sink (head, key) pairs" in text and "4× uniform" in text and "BOS prepended" in text
+    assert "sink (head, key) pairs" in text and "4× uniform" in text and "Key 0 is <bos>" in text
+
+
+def test_position_page_names_an_encoders_first_token(minilm_session):
+    text, *_ = position.position_outputs(
+        minilm_session, {"prompt": "The cat sat on the mat."}, 4, "evil"
+    )
+    shown = str(text)
+    assert "Key 0 is [CLS]" in shown and "BOS" not in shown
 
 
 def test_importance_ablation_and_gradient(toy_session):
