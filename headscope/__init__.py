@@ -26,6 +26,7 @@ __all__ = [
     "__version__",
     "capture",
     "gate_heads",
+    "load_checkpoints",
     "load_model",
 ]
 
@@ -36,6 +37,10 @@ def __getattr__(name: str):
         from headscope.models.loading import load_model
 
         return load_model
+    if name == "load_checkpoints":
+        from headscope.models.checkpoints import load_checkpoints
+
+        return load_checkpoints
     if name == "ModelSpec":
         from headscope.models.spec import ModelSpec
 

@@ -227,6 +227,21 @@ def report(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
+    clusters: Annotated[
+        bool,
+        typer.Option(
+            "--clusters",
+            help="add a head-clusters section: heads whose maps correlate, checked by ablation",
+        ),
+    ] = False,
+    retrieval: Annotated[
+        bool,
+        typer.Option(
+            "--retrieval",
+            help="add a retrieval-heads section: copy-task retrieval scores, DuoAttention "
+            "gates, echo and dormant heads (synthetic tasks; causal LMs)",
+        ),
+    ] = False,
 ) -> None:
     """Score every head over a prompt file; write report.html/.json and head_scores.parquet/.csv.
 
@@ -275,6 +290,8 @@ def report(
                 address=address,
                 connect_timeout=connect_timeout,
                 progress=not no_progress,
+                clusters=clusters,
+                retrieval=retrieval,
             )
     except HeadscopeError as error:
         _fail(str(error))
@@ -331,6 +348,123 @@ def _ranked_head(row: dict) -> str:
     """`layer.head (+score)`, with "n.s." when its interval includes zero."""
     mark = " n.s." if row.get("significant") is False else ""
     return f"{row['layer']}.{row['head']} ({row['score']:+.3g}{mark})"
+
+
+@app.command()
+def dynamics(
+    source: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="a built-in series (toy-induction), a series directory, or save_pretrained "
+            "checkpoint directories named by step (default: toy-induction)"
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("dynamics"),
+    diff: Annotated[
+        str | None, typer.Option(help="two steps to diff, e.g. 0,3000 (default: first,last)")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help=".txt, one prompt per line")
+    ] = None,
+    no_importance: Annotated[
+        bool, typer.Option("--no-importance", help="skip ablation importance")
+    ] = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Training dynamics over a checkpoint series (taxonomy, importance, in-context
+    loss, the phase change) and a diff of two checkpoints: dynamics.html and .json."""
+    from headscope.reports.dynamics import dynamics_report
+
+    sources = source or ["toy-induction"]
+    try:
+        steps = None if diff is None else tuple(int(s) for s in diff.split(","))
+    except ValueError:
+        steps = ()
+    if steps is not None and len(steps) != 2:
+        _fail(f"--diff takes two steps, e.g. 0,3000; got {diff!r}")
+    texts = None
+    if prompts is not None:
+        if not prompts.is_file():
+            _fail(f"no prompt file at {prompts}")
+        texts = [line for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        html_path, _, result, phase, _ = dynamics_report(
+            sources[0] if len(sources) == 1 else sources,
+            out,
+            diff=steps,  # type: ignore[arg-type]
+            prompts=texts,
+            importance=not no_importance,
+            device=device,
+            progress=lambda done, total, label: typer.echo(f"  {label}", err=True),
+        )
+    except HeadscopeError as error:
+        _fail(str(error))
+    typer.echo(f"{result.name}: {len(result.steps)} checkpoints, {result.prompts} prompts")
+    if phase is not None:
+        typer.echo(
+            f"  head {phase.layer}.{phase.head} {phase.category} rose fastest over steps "
+            f"{phase.rise_steps[0]}-{phase.rise_steps[1]} ({phase.score_before:.3f} -> "
+            f"{phase.score_after:.3f}); in-context loss dropped fastest over steps "
+            f"{phase.drop_steps[0]}-{phase.drop_steps[1]} ({phase.drop:.3f} nats)"
+        )
+    typer.echo(f"report written to {html_path}")
+
+
+@app.command("vision-report")
+def vision_report(
+    images: Annotated[
+        Path,
+        typer.Option(
+            "--images",
+            help="folder of images: class-named sub-folders (labelled), a labels.csv "
+            "(file,label), or images alone (unlabelled)",
+        ),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="a vision model: built-in name or directory")
+    ] = "toy-vit",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path(
+        "vision-report"
+    ),
+    metric: Annotated[
+        str, typer.Option("--metric", help="class_logit | accuracy (head importance)")
+    ] = "class_logit",
+    overlays: Annotated[int, typer.Option("--overlays", help="images drawn with overlays")] = 6,
+    max_images: Annotated[int, typer.Option("--max-images", help="refuse larger folders")] = 512,
+    device: DeviceOption = "cpu",
+) -> None:
+    """A vision transformer over a folder of images: accuracy, head importance with
+    intervals, mean attention distance, overlays: vision.html and vision.json."""
+    _check_writable(out)
+    try:
+        from headscope.models.loading import load_model
+        from headscope.reports.vision import vision_report as run_vision_report
+
+        loaded = load_model(model, device=device)
+        html_path, _, result = run_vision_report(
+            loaded,
+            images,
+            out,
+            metric=metric,
+            overlays=max(0, overlays),
+            max_images=max_images,
+            progress=lambda text: typer.echo(f"  {text}", err=True),
+        )
+    except HeadscopeError as error:
+        _fail(str(error))
+    document = result.document
+    accuracy = document["accuracy"]
+    line = f"{document['model']}: {document['n_images']} images"
+    if accuracy is not None:
+        low, high = accuracy["interval"]
+        line += (
+            f", accuracy {accuracy['value']:.3f} (95% CI {low:.3f}-{high:.3f}; "
+            f"chance {accuracy['chance']:.3f})"
+        )
+    typer.echo(line)
+    top = ", ".join(_ranked_head(row) for row in document["importance"]["ranked"][:3])
+    typer.echo(f"  most important heads ({document['importance']['metric']}): {top}")
+    typer.echo(f"report written to {html_path}")
 
 
 @app.command()

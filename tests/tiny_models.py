@@ -118,3 +118,60 @@ def build_tiny_gpt_neox(directory: str | Path) -> Path:
     GPTNeoXForCausalLM(config).eval().save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return directory
+
+
+def build_tiny_vision(directory: str | Path, family: str = "vit", seed: int = 0) -> Path:
+    """A 2-layer, 4-head random image classifier (`ViTForImageClassification` or
+    `DeiTForImageClassification`: [CLS] and a distillation token) on 12×12
+    RGB images in 3×3 patches (a 4×4 grid), 5 classes, peaked attention
+    (init std 0.2), with a ViT preprocessor config (mean 0.5, std 0.5)."""
+    import json
+
+    from transformers import (
+        DeiTConfig,
+        DeiTForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    options = dict(
+        image_size=12,
+        patch_size=3,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+        initializer_range=0.2,
+    )
+    if family == "vit":
+        model = ViTForImageClassification(ViTConfig(**options))
+    elif family == "deit":
+        model = DeiTForImageClassification(DeiTConfig(**options))
+    else:
+        raise ValueError(f"unknown vision family {family!r}")
+    model.eval().save_pretrained(directory)
+    processor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": 12, "width": 12},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    (directory / "preprocessor_config.json").write_text(json.dumps(processor))
+    return directory
+
+
+def load_eager_hf_vision(directory: str | Path):
+    """The same image classifier as a plain Hugging Face model with eager attention."""
+    from transformers import AutoModelForImageClassification
+
+    return AutoModelForImageClassification.from_pretrained(
+        directory, attn_implementation="eager"
+    ).eval()

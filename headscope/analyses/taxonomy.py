@@ -36,6 +36,11 @@ Evidence: every score comes with its support, the number of defining queries (su
 over prompts; `head_taxonomy`). A label needs at least MIN_SUPPORT of them, else the
 head is INSUFFICIENT ("insufficient evidence"); `induction` needs a previous-token head
 in an earlier layer, so it never labels a layer-0 head (docs/methods.md §2.7).
+
+Long-context labels (`long_context_labels`, docs/methods.md §2.15): echo, retrieval,
+streaming and dormant, each from its own evidence (echo and retrieval scores, gates or
+a long-range score, ablation intervals) with its baseline and support; they sit beside
+the primary label and never change it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headscope.analyses.checks import check_pattern
+from headscope.analyses.retrieval import HeadScore
+from headscope.analyses.uncertainty import Interval
 from headscope.errors import InputError
 
 Category = Literal[
@@ -646,4 +653,128 @@ def _scores(record_or_scores: Any) -> Mapping[str, Tensor]:
     raise InputError(
         "head_labels needs an attention record, a HeadTaxonomy or a dict of [layer, head] "
         f"scores, got {type(record_or_scores).__name__}"
+    )
+
+
+# -- long-context labels: retrieval, streaming, echo, dormant (docs/methods.md §2.15) ---------
+
+#: Thresholds of the long-context labels: `echo` on the echo score (a majority of the
+#: attention, like duplicate_token), `retrieval` on the retrieval score (Wu et al. 2024
+#: call a head above 0.1 a retrieval head), `streaming` on a gate or long-range score
+#: (below it: streaming, at or above: retrieval), `dormant` on the first-token sink mass.
+LONG_CONTEXT_THRESHOLDS: dict[str, float] = {
+    "echo": 0.5,
+    "retrieval": 0.1,
+    "streaming": 0.5,
+    "dormant": 0.5,
+}
+#: A dormant head's sink mass must also be this many times the uniform baseline.
+DORMANT_SINK_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class EvidenceLabel:
+    """A long-context label with its evidence: the `score` that earned it, the
+    `baseline` it beats (NaN when it has none), its `support` (steps, queries or
+    prompts, as `unit` says) and the `threshold` it crossed."""
+
+    label: str
+    score: float
+    baseline: float
+    support: int
+    unit: str
+    threshold: float
+
+
+def long_context_labels(
+    taxonomy: HeadTaxonomy,
+    *,
+    echo: HeadScore | None = None,
+    retrieval: HeadScore | None = None,
+    streaming: HeadScore | None = None,
+    streaming_threshold: float = LONG_CONTEXT_THRESHOLDS["streaming"],
+    ablation: Interval | None = None,
+    sink_baseline: float | None = None,
+    tolerance: float = 0.05,
+    min_support: int = MIN_SUPPORT,
+) -> dict[tuple[int, int], list[EvidenceLabel]]:
+    """Long-context labels of every head, `{(layer, head): [EvidenceLabel, ...]}`, from
+    the evidence given (a label whose evidence is missing is never given):
+
+    - `echo` (RazorAttention, Tang et al. 2024): echo score above 0.5 and above its
+      uniform baseline, on at least `min_support` queries (`analyses.retrieval.echo_score`).
+    - `retrieval` (Wu et al. 2024): retrieval score above 0.1 with the lower end of its
+      Wilson interval above the chance baseline, on at least `min_support` copy steps;
+      or a `streaming` score (DuoAttention gate, long-range peak) at or above
+      `streaming_threshold`.
+    - `streaming` (DuoAttention, Xiao et al. 2024): a `streaming` score below
+      `streaming_threshold`, on at least `min_support` units.
+    - `dormant`: sink-dominated (the taxonomy's first-token sink score above 0.5 and
+      above DORMANT_SINK_RATIO × `sink_baseline`, the uniform sink mass) and its
+      ablation changes nothing: the whole `ablation` interval (the metric change when
+      the head is ablated) lies within ±`tolerance` (equivalence to zero, not merely
+      an interval containing it: a deterministic ablation of 1e-5 nats is
+      "significant" and still nothing). Needs both.
+
+    All scores are `[layer, head]` on the taxonomy's grid."""
+    shape = tuple(taxonomy.scores["first_token_sink"].shape)
+    for name, value in (("echo", echo), ("retrieval", retrieval), ("streaming", streaming)):
+        if value is not None and tuple(value.score.shape) != shape:
+            raise InputError(f"{name} scores {tuple(value.score.shape)} do not match {shape}")
+    if ablation is not None and tuple(ablation.mean.shape) != shape:
+        raise InputError(f"ablation interval {tuple(ablation.mean.shape)} does not match {shape}")
+    limits = LONG_CONTEXT_THRESHOLDS
+    labels: dict[tuple[int, int], list[EvidenceLabel]] = {}
+    for layer in range(shape[0]):
+        for head in range(shape[1]):
+            cell = (layer, head)
+            found: list[EvidenceLabel] = []
+            if echo is not None and _enough(echo, cell, min_support):
+                score = float(echo.score[cell])
+                if score > limits["echo"] and score > float(echo.baseline[cell]):
+                    found.append(_scored("echo", echo, cell, limits["echo"]))
+            if retrieval is not None and _enough(retrieval, cell, min_support):
+                score = float(retrieval.score[cell])
+                low = float(retrieval.low[cell])
+                if score > limits["retrieval"] and low > float(retrieval.baseline[cell]):
+                    found.append(_scored("retrieval", retrieval, cell, limits["retrieval"]))
+            if streaming is not None and _enough(streaming, cell, min_support):
+                score = float(streaming.score[cell])
+                if score < streaming_threshold:
+                    found.append(_scored("streaming", streaming, cell, streaming_threshold))
+                elif not any(item.label == "retrieval" for item in found):
+                    found.append(_scored("retrieval", streaming, cell, streaming_threshold))
+            if ablation is not None and sink_baseline is not None:
+                sink = float(taxonomy.scores["first_token_sink"][layer, head])
+                support = int(taxonomy.support["first_token_sink"][layer, head])
+                mean = float(ablation.mean[layer, head])
+                low, high = float(ablation.low[layer, head]), float(ablation.high[layer, head])
+                quiet = -tolerance <= low <= mean <= high <= tolerance  # equivalence to 0
+                if (
+                    support >= min_support
+                    and sink > limits["dormant"]
+                    and sink > DORMANT_SINK_RATIO * sink_baseline
+                    and quiet
+                ):
+                    found.append(
+                        EvidenceLabel(
+                            "dormant", sink, sink_baseline, support, "queries", limits["dormant"]
+                        )
+                    )
+            labels[(layer, head)] = found
+    return labels
+
+
+def _enough(value: HeadScore, cell: tuple[int, int], min_support: int) -> bool:
+    return int(value.support[cell]) >= min_support
+
+
+def _scored(name: str, value: HeadScore, cell: tuple[int, int], threshold: float) -> EvidenceLabel:
+    return EvidenceLabel(
+        name,
+        float(value.score[cell]),
+        float(value.baseline[cell]),
+        int(value.support[cell]),
+        value.unit,
+        threshold,
     )

@@ -43,7 +43,9 @@ from collections.abc import Callable, Iterable
 from dash import Dash, html
 
 from headscope.dashboard import (
+    clusters,
     contributions,
+    dynamics,
     flow,
     head,
     importance,
@@ -54,8 +56,10 @@ from headscope.dashboard import (
     position,
     refusals,
     results,
+    retrieval,
     shell,
     spectral,
+    vision,
 )
 from headscope.dashboard.background import background_manager
 from headscope.dashboard.serving import (
@@ -145,14 +149,19 @@ def create_app(
         "playground": lambda: playground.layout(session),
         "patching": lambda: patching.layout(session),
         "contributions": lambda: contributions.layout(session),
+        "clusters": lambda: clusters.layout(session),
+        "dynamics": lambda: dynamics.layout(session),
+        "retrieval": lambda: retrieval.layout(session),
         "long": lambda: longcontext.layout(session),
+        "vision": lambda: vision.layout(session),
     }
     app.layout = shell.layout(session)
     # Every page's components, so dash can check the callbacks' ids up front.
     app.validation_layout = html.Div(
         [shell.layout(session), *(component for page in pages.values() for component in page())]
     )
-    shell.register(app, session, pages)
+    # A vision model lands on the Vision page; its text pages say they need a text model.
+    shell.register(app, session, vision.pages_for(session, pages))
     overview.register(app, session)
     head.register(app, session)
     flow.register(app, session, manager)
@@ -162,7 +171,11 @@ def create_app(
     playground.register(app, session)
     patching.register(app, session, manager)
     contributions.register(app, session)
+    clusters.register(app, session, manager)
+    dynamics.register(app, session, manager)
+    retrieval.register(app, session, manager)
     longcontext.register(app, session, manager)
+    vision.register(app, session, manager)
     refusals.register(app)
     _answer_unexpected_errors(app)
     app.headscope_session = session

@@ -40,9 +40,34 @@ CONTRIBUTIONS = Page(
 PATCHING = Page(
     "patching", "/patching", "Patching", "activation and attribution patching, clean vs corrupted"
 )
+#: Clusters: heads whose maps correlate over a prompt set, checked by ablation (CHAI).
+CLUSTERS = Page("clusters", "/clusters", "Clusters", "heads that attend alike, checked by ablation")
+#: Dynamics: a built-in checkpoint series over training, and a diff of two checkpoints.
+DYNAMICS = Page("dynamics", "/dynamics", "Dynamics", "heads over training checkpoints, and a diff")
+#: Retrieval: retrieval, streaming and echo heads on synthetic copy and passkey tasks.
+RETRIEVAL = Page("retrieval", "/retrieval", "Retrieval", "retrieval and streaming heads")
+#: Vision: one image through a vision transformer; a vision model's landing page.
+VISION = Page("vision", "/vision", "Vision", "an image: prediction, rollout from [CLS], heads")
+#: The pages a vision model's navigation shows (the others read text prompts).
+VISION_KINDS: tuple[str, ...] = ("vision",)
 #: Every page, in the navigation's order.
-NAV_PAGES: tuple[Page, ...] = (*PAGES, PATCHING, CONTRIBUTIONS, LONG)
+NAV_PAGES: tuple[Page, ...] = (
+    *PAGES,
+    PATCHING,
+    CONTRIBUTIONS,
+    CLUSTERS,
+    DYNAMICS,
+    RETRIEVAL,
+    LONG,
+    VISION,
+)
 PAGE_KINDS: tuple[str, ...] = tuple(page.kind for page in NAV_PAGES)
+
+
+def in_navigation(page: Page, vision: bool) -> bool:
+    """Whether the navigation shows `page` for a vision model (`vision`) or a text model."""
+    return (page.kind in VISION_KINDS) == vision
+
 
 _HEAD = re.compile(r"^/head/(\d{1,4})/(\d{1,4})/?$")
 

@@ -202,6 +202,11 @@ class ModelSession:
         """Validated TokenBatch of one prompt (InputError: empty, too long...)."""
         text = check_prompt_text(prompt)
         model = self.require_model()
+        if model.spec.is_vision:  # a string would be read as an image path
+            raise InputError(
+                f"{model.spec.name} is a vision model: it takes images (the Vision page), "
+                "not text prompts"
+            )
         try:
             return model.tokenize(text, max_length=self.token_limit)
         except InputError as error:

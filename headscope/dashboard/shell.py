@@ -73,8 +73,16 @@ def session_controls() -> html.Div:
 
 
 def layout(session: ModelSession) -> html.Div:
+    # A vision model takes images (the Vision page): no prompt box, no text pages in the nav.
+    vision = bool(getattr(session.spec, "is_vision", False))
     nav = [
-        dcc.Link(page.title, href=page.path, id=f"nav-{page.kind}", title=page.description)
+        dcc.Link(
+            page.title,
+            href=page.path,
+            id=f"nav-{page.kind}",
+            title=page.description,
+            style={} if routes.in_navigation(page, vision) else {"display": "none"},
+        )
         for page in routes.NAV_PAGES
     ]
     load_problem = (
@@ -137,6 +145,7 @@ def layout(session: ModelSession) -> html.Div:
                     ),
                 ],
                 className="hs-promptbar",
+                style={"display": "none"} if vision else {},
             ),
             html.Main(
                 [
@@ -339,6 +348,8 @@ def register(app: Dash, session: ModelSession, pages: dict[str, Callable[[], lis
     def _sync_prompt(_clicks, search, typed, stored, view):
         if getattr(session, "offline", None) is not None:
             return offline_prompt(session, search, stored)
+        if getattr(session.spec, "is_vision", False):  # images, not prompts
+            return no_update, no_update, no_update, no_update, None
         result = resolve_prompt(session, ctx.triggered_id, search, typed, stored, view)
         if session.load_error:
             problem = alert(f"The model could not be loaded: {session.load_error}")

@@ -14,6 +14,9 @@ analyses aggregate with the mean. Built-in metrics:
   1 on the clean model, higher is better).
 - `paraphrase_cosine()`: cosine between the sentence embeddings of paraphrase
   pairs, prompts given as [a_0, b_0, a_1, b_1, ...] (higher is better).
+- `class_logit(label)`, `accuracy(label)`: an image classifier's logit of the
+  labelled class, and whether its top class is the label (1 or 0); the
+  logits are `[batch, class]` (higher is better).
 
 `VOCABULARY` defines each built-in metric once: its name, which way is better,
 its unit and what it needs; the dashboard, the report and the notebooks all
@@ -50,7 +53,9 @@ from headscope.probes.run import run
 
 MetricFunction = Callable[..., Tensor]
 Direction = Literal["minimize", "maximize"]
-MetricName = Literal["loss", "logit_diff", "embedding_cosine", "paraphrase_cosine"]
+MetricName = Literal[
+    "loss", "logit_diff", "embedding_cosine", "paraphrase_cosine", "class_logit", "accuracy"
+]
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,20 @@ VOCABULARY: dict[str, MetricInfo] = {
             "cosine",
             "cosine between the sentence embeddings of paraphrase pairs",
             needs_embedding=True,
+        ),
+        MetricInfo(
+            "class_logit",
+            "maximize",
+            "logit",
+            "logit of the labelled class (image classifier)",
+            needs_lm_head=True,
+        ),
+        MetricInfo(
+            "accuracy",
+            "maximize",
+            "fraction",
+            "1 when the top class is the labelled class, else 0 (image classifier)",
+            needs_lm_head=True,
         ),
     )
 }
@@ -252,6 +271,26 @@ def _paraphrase_cosine_function(output: ModelOutput, batch: TokenBatch) -> Tenso
     return F.cosine_similarity(pairs[:, 0], pairs[:, 1], dim=-1).repeat_interleave(2)
 
 
+def _class_logits(output: ModelOutput, name: str) -> Tensor:
+    logits = output.logits
+    if logits.dim() != 2:
+        raise InputError(
+            f"metric {name!r} needs an image classifier's logits [batch, class], got shape "
+            f"{list(logits.shape)}"
+        )
+    return _at_least_float32(logits)
+
+
+def _class_logit_function(output: ModelOutput, batch: TokenBatch, label: Tensor) -> Tensor:
+    logits = _class_logits(output, "class_logit")
+    return logits.gather(-1, label.to(logits.device)[:, None])[:, 0]
+
+
+def _accuracy_function(output: ModelOutput, batch: TokenBatch, label: Tensor) -> Tensor:
+    logits = _class_logits(output, "accuracy")
+    return (logits.argmax(-1) == label.to(logits.device)).to(logits.dtype)
+
+
 # -- builders -------------------------------------------------------------------------------------
 
 
@@ -335,6 +374,21 @@ def paraphrase_cosine() -> Metric:
     return _builtin("paraphrase_cosine", _paraphrase_cosine_function, group=2)
 
 
+def class_logit(label: int | Sequence[int] | Int[Tensor, " batch"]) -> Metric:
+    """An image classifier's logit (before softmax) of class `label` (one for all
+    images or one per image). Higher is better. Needs a trained classifier."""
+    labels = {"label": _token_ids(label, "label")}
+    return _builtin("class_logit", _class_logit_function, per_prompt=labels)
+
+
+def accuracy(label: int | Sequence[int] | Int[Tensor, " batch"]) -> Metric:
+    """1 where an image classifier's top class is `label`, else 0 (its mean over
+    images is the accuracy). Higher is better. Piecewise constant: its gradient
+    is zero, so gradient methods and gating say nothing with it."""
+    labels = {"label": _token_ids(label, "label")}
+    return _builtin("accuracy", _accuracy_function, per_prompt=labels)
+
+
 def custom_metric(
     function: Callable[[ModelOutput, TokenBatch], Tensor],
     *,
@@ -360,6 +414,8 @@ _BUILDERS: dict[str, Callable[..., Metric]] = {
     "logit_diff": logit_difference,
     "embedding_cosine": embedding_cosine,
     "paraphrase_cosine": paraphrase_cosine,
+    "class_logit": class_logit,
+    "accuracy": accuracy,
 }
 
 
@@ -433,6 +489,9 @@ def _bind(model: HeadscopeModel, metric: Metric, batch: TokenBatch) -> Metric:
     for key in ("answer", "wrong"):
         if key in data and (int(data[key].min()) < 0 or int(data[key].max()) >= model.spec.d_vocab):
             raise InputError(f"{key} token ids must lie in [0, {model.spec.d_vocab})")
+    label = data.get("label")
+    if label is not None and (int(label.min()) < 0 or int(label.max()) >= model.spec.d_vocab):
+        raise InputError(f"class labels must lie in [0, {model.spec.d_vocab})")
     if metric.prepare is not None:
         data.update(metric.prepare(model, batch))
     return replace(metric, per_prompt=data, prepare=None)

@@ -428,7 +428,26 @@ def score_heads(
     forward+backward passes; attribution 2P forwards and P backwards;
     activation 2P + ⌈P·H/16⌉ forwards; CHG
     2·chg_steps forward+backward passes over 2·chg_seeds·P sequences at most.
+
+    A vision model takes images instead of prompts (`experiments.vision.
+    ScoringImage` or plain images), methods ablation, gradient or chg, and
+    metric "class_logit" or "accuracy" (`experiments.vision.score_image_heads`).
     """
+    if model.spec.is_vision:
+        from headscope.experiments.vision import score_image_heads
+
+        return score_image_heads(
+            model,
+            prompts,
+            methods,
+            metric,
+            chg_seeds=chg_seeds,
+            chg_steps=chg_steps,
+            ablation_mode=ablation_mode,
+            seed=seed,
+            group=group,
+            progress=progress,
+        )
     chosen, info = check_options(model, methods, metric, target)
     items = [p if isinstance(p, ScoringPrompt) else ScoringPrompt(p) for p in prompts]
     if not items:
@@ -792,7 +811,12 @@ def pruning_curves(
     map `[layer, head]` (higher = more important; NaN = least), the metric
     (mean over prompts, same metric and targets as `score_heads`) after
     ablating the least important 0, 10, …, 100% of heads. Returns (fractions,
-    {name: values}, the clean metric)."""
+    {name: values}, the clean metric). A vision model takes images
+    (`experiments.vision.image_pruning_curves`)."""
+    if model.spec.is_vision:
+        from headscope.experiments.vision import image_pruning_curves
+
+        return image_pruning_curves(model, prompts, orders, metric, ablation_mode=ablation_mode)
     _, info = check_options(model, ["ablation"], metric, target)
     items = [p if isinstance(p, ScoringPrompt) else ScoringPrompt(p) for p in prompts]
     if not items:

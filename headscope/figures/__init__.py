@@ -6,6 +6,12 @@
 - `position`: sink scores per head and key; influence by distance vs a mask baseline.
 - `spectral`: singular spectra, Marchenko–Pastur fits, composition matrices.
 - `predictions`: next-token distributions, sentence-embedding similarities.
+- `clusters`: head × head correlation by cluster, elbow curves, cross-layer
+  similarity, the one-head vs whole-cluster ablation check.
+- `vision`: a patch map over the image (rollout, flow, relevance), per-head
+  overlays, mean attention distance by layer, attention by relative patch offset.
+- `dynamics`: scores and the in-context loss against the training step with the
+  phase change shaded, importance over steps, a model diff's delta and matching maps.
 - `style` / `arrays`: the shared template, label escaping, float32 conversion, downsampling.
 
 Builders never touch a model: they take tensors, arrays or result dataclasses

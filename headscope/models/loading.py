@@ -1,7 +1,7 @@
 """load_model(): a TransformerBridge over a Hugging Face model, plus its ModelSpec.
 
-Sources, tried in this order: a built-in name (`toy-induction`, `minilm`), a
-local directory written by `save_pretrained` (fully offline), a hub name
+Sources, tried in this order: a built-in name (`toy-induction`, `minilm`,
+`toy-vit`), a local directory written by `save_pretrained` (fully offline), a hub name
 (when the Hugging Face hub is reachable).
 """
 
@@ -29,6 +29,12 @@ from headscope.errors import (
     ModelFileError,
     ModelNotFoundError,
     OutputError,
+)
+from headscope.models.images import (
+    VISION_MODEL_TYPES,
+    ImageBatch,
+    ImageProcessing,
+    image_batch,
 )
 from headscope.models.memory import (
     SafetensorsFormatError,
@@ -74,14 +80,28 @@ class ModelOutput:
 class HeadscopeModel:
     """A loaded model: the transformer-lens `bridge`, its `spec` and `tokenizer`.
 
-    Probes and analyses go through this object; records never hold it.
+    Probes and analyses go through this object; records never hold it. A
+    vision transformer (`spec.is_vision`) has no tokenizer (None): it has
+    `image_processing` (how images become pixel values, `models.images`) and
+    `class_names` (its classifier's labels, in class order) instead.
     """
 
-    def __init__(self, bridge: Any, spec: ModelSpec, tokenizer: Any, source: str) -> None:
+    def __init__(
+        self,
+        bridge: Any,
+        spec: ModelSpec,
+        tokenizer: Any,
+        source: str,
+        *,
+        image_processing: ImageProcessing | None = None,
+        class_names: tuple[str, ...] | None = None,
+    ) -> None:
         self.bridge = bridge
         self.spec = spec
         self.tokenizer = tokenizer
         self.source = source
+        self.image_processing = image_processing
+        self.class_names = class_names
 
     def __repr__(self) -> str:
         s = self.spec
@@ -122,7 +142,12 @@ class HeadscopeModel:
 
         Raises InputError for empty prompts, prompts longer than the model's
         context (`max_length`, default `spec.n_ctx`), or ids outside the vocabulary.
+
+        A vision model takes images instead (`images`): an image, a path, an
+        array, or a batch of them; `max_length` does not apply.
         """
+        if self.spec.is_vision:
+            return self.images(inputs)
         if max_length is not None and (
             isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
         ):
@@ -162,6 +187,16 @@ class HeadscopeModel:
                     f"{where} has {len(row)} tokens; the model's context is {limit} tokens"
                 )
         return self.batch_from_ids(rows, single=single, texts=tuple(texts))
+
+    def images(self, images: Any) -> ImageBatch:
+        """An ImageBatch of one image or a batch (PIL images, paths, uint8 or [0, 1]
+        float arrays `[height, width(, channel)]`; see `models.images`): pixel
+        values converted, resized and normalised as the model's processor says;
+        tokens [CLS] then "(row,column)" per patch. InputError for a text model
+        or an image it cannot read."""
+        if self.image_processing is None:
+            raise InputError(f"{self.spec.name} is a text model: it takes prompts, not images")
+        return image_batch(images, self.image_processing, self.spec)
 
     def _encode(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -237,7 +272,8 @@ class HeadscopeModel:
         embedding: bool = False,
         hooks: list[tuple[str, Any]] | tuple = (),
     ) -> ModelOutput:
-        """Run the bridge on a TokenBatch and return its logits.
+        """Run the bridge on a TokenBatch and return its logits (for an
+        ImageBatch, the classifier's logits `[batch, class]`).
 
         `embedding=True` adds the sentence embedding: the final residual stream
         (after the final norm where the model has one), mean-pooled over real
@@ -247,9 +283,14 @@ class HeadscopeModel:
         are removed on exit, also after an exception.
         """
         device = self.device
-        ids = batch.ids.to(device)
         mask = batch.attention_mask.to(device)
-        kwargs = {} if not batch.padded and self.spec.causal else {"attention_mask": mask.long()}
+        if isinstance(batch, ImageBatch):
+            ids = batch.pixel_values.to(device=device, dtype=self.dtype)
+            kwargs = {}
+        else:
+            ids = batch.ids.to(device)
+            plain = not batch.padded and self.spec.causal
+            kwargs = {} if plain else {"attention_mask": mask.long()}
         final: list[Tensor] = []
         handle = None
         if embedding:
@@ -378,8 +419,87 @@ def load_model(
             raise HubUnreachableError(_not_found_message(name)) from None
         raise ModelNotFoundError(f"could not load {name!r} from the hub: {error}") from None
     builtin = BUILTINS.get(str(name_or_path))
-    spec = _spec(name if builtin is None else builtin.name, bridge, tokenizer, hf_config, builtin)
+    label = name if builtin is None else builtin.name
+    if _is_vision(hf_config):
+        spec = _vision_spec(label, bridge, hf_config)
+        return HeadscopeModel(
+            bridge,
+            spec,
+            None,
+            source,
+            image_processing=ImageProcessing.from_directory(
+                path if path is not None else _hub_processor_dir(source), hf_config
+            ),
+            class_names=_class_names(hf_config) if spec.has_lm_head else None,
+        )
+    spec = _spec(label, bridge, tokenizer, hf_config, builtin)
     return HeadscopeModel(bridge, spec, tokenizer, source)
+
+
+def _is_vision(hf_config: Any) -> bool:
+    return getattr(hf_config, "model_type", None) in VISION_MODEL_TYPES
+
+
+def _hub_processor_dir(source: str) -> Path | None:
+    """The cached hub snapshot holding `source`'s preprocessor_config.json, if any."""
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(
+            source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+        )
+    except OSError:
+        return None
+    return Path(found).parent if found else None
+
+
+def _class_names(hf_config: Any) -> tuple[str, ...]:
+    labels = getattr(hf_config, "id2label", None) or {}
+    return tuple(str(labels.get(i, labels.get(str(i), i))) for i in range(hf_config.num_labels))
+
+
+def _vision_spec(name: str, bridge: Any, hf_config: Any) -> ModelSpec:
+    """A ViT / DeiT spec: bidirectional, learned positions, [CLS] (and DeiT's
+    distillation token) before the patches; `d_vocab` is the number of classes
+    of an image classifier (the hidden size for a bare encoder, which has no
+    classifier: `has_lm_head` False)."""
+    cfg = bridge.cfg
+    architectures = list(getattr(hf_config, "architectures", None) or [])
+    architecture = architectures[0] if architectures else type(bridge.original_model).__name__
+    classifier = hasattr(bridge.original_model, "classifier")
+    image_size = hf_config.image_size
+    if isinstance(image_size, (list, tuple)):
+        if len(image_size) != 2 or image_size[0] != image_size[1]:
+            raise ModelFileError(f"only square images are supported, the config gives {image_size}")
+        image_size = image_size[0]
+    patch_size = hf_config.patch_size
+    if isinstance(patch_size, (list, tuple)):
+        if len(patch_size) != 2 or patch_size[0] != patch_size[1]:
+            raise ModelFileError(
+                f"only square patches are supported, the config gives {patch_size}"
+            )
+        patch_size = patch_size[0]
+    n_prefix = 2 if hf_config.model_type == "deit" else 1
+    n_heads = int(cfg.n_heads)
+    return ModelSpec(
+        name=name,
+        architecture=architecture,
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        d_vocab=int(hf_config.num_labels) if classifier else int(cfg.d_model),
+        n_ctx=n_prefix + (int(image_size) // int(patch_size)) ** 2,
+        causal=False,
+        positional="learned",
+        has_lm_head=classifier,
+        prepends_bos=False,
+        image_size=int(image_size),
+        patch_size=int(patch_size),
+        num_channels=int(hf_config.num_channels),
+        n_prefix_tokens=n_prefix,
+    )
 
 
 def _boot(source: str, *, device: Any, dtype: torch.dtype):
@@ -392,7 +512,8 @@ def _boot(source: str, *, device: Any, dtype: torch.dtype):
     hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter CLI output
 
     hf_config = AutoConfig.from_pretrained(source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    # Vision transformers have no tokenizer: images go through `models.images`.
+    tokenizer = None if _is_vision(hf_config) else AutoTokenizer.from_pretrained(source)
     previous = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # TL logs alias deprecations at WARNING
     try:
@@ -403,6 +524,10 @@ def _boot(source: str, *, device: Any, dtype: torch.dtype):
 
             names = getattr(hf_config, "architectures", None) or [hf_config.model_type]
             raise UnsupportedModelError.for_architecture(names[0]) from None
+        if isinstance(error, NotImplementedError):  # e.g. DeiT with a distillation head
+            from headscope.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(_one_line(error)) from None
         problem = _weights_problem(source, error)
         if problem is None:
             raise
@@ -584,7 +709,8 @@ def check_model_dir(path: Path) -> None:
                 f"{index} lists {', '.join(missing[:3])}, missing from {path}; copy every "
                 f"shard the index names, or {_RESAVE}"
             )
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+    vision = config["model_type"] in VISION_MODEL_TYPES
+    if not vision and not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelFileError(
             f"{path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES[:4])}, ...); save "
             "it beside the weights with tokenizer.save_pretrained(dir), or use `headscope pull`"
@@ -777,6 +903,20 @@ def _save_copy(source: str, staging: Path, revision: str | None) -> None:
         if problem is None:
             raise
         raise ModelFileError(problem) from None
+    if _is_vision(config):  # no tokenizer: keep the image processor's config
+        from transformers.utils import cached_file
+
+        processor = cached_file(
+            source,
+            "preprocessor_config.json",
+            revision=revision,
+            _raise_exceptions_for_missing_entries=False,
+        )
+        staging.mkdir(parents=True)
+        model.save_pretrained(staging)
+        if processor is not None:
+            (staging / "preprocessor_config.json").write_bytes(Path(processor).read_bytes())
+        return
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     staging.mkdir(parents=True)
     model.save_pretrained(staging)  # safetensors

@@ -25,6 +25,13 @@ class ModelSpec:
     encoders whose checkpoint has no trained language-model head (e.g. minilm):
     their logits mean nothing and must never be shown as predictions.
     `prepends_bos` says whether headscope prepends a BOS token to text prompts.
+
+    Vision transformers (ViT, DeiT) set the image fields: square input images of
+    `image_size` pixels with `num_channels` channels, cut into `patch_size`
+    pixel patches (`patch_grid` rows × columns, row-major); the sequence is
+    `n_prefix_tokens` tokens ([CLS], and DeiT's distillation token) followed by
+    the patches. `d_vocab` is then the number of classes. Text models leave them
+    None.
     """
 
     name: str
@@ -43,6 +50,10 @@ class ModelSpec:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
+    num_channels: int | None = None
+    n_prefix_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("name", "architecture"):
@@ -79,6 +90,46 @@ class ModelSpec:
             raise InputError(
                 f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
             )
+        self._check_image()
+
+    def _check_image(self) -> None:
+        names = ("image_size", "patch_size", "num_channels", "n_prefix_tokens")
+        values = [getattr(self, name) for name in names]
+        if all(value is None for value in values):
+            return
+        for name, value in zip(names, values, strict=True):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InputError(
+                    f"ModelSpec.{name} must be a positive int when any image field is set, "
+                    f"got {reprlib.repr(value)}"
+                )
+        if self.image_size % self.patch_size:
+            raise InputError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+        if self.n_ctx != self.n_prefix_tokens + self.n_patches:
+            raise InputError(
+                f"n_ctx={self.n_ctx} must be n_prefix_tokens + patches = "
+                f"{self.n_prefix_tokens + self.n_patches}"
+            )
+
+    @property
+    def is_vision(self) -> bool:
+        """True for a vision transformer (images in, patches as tokens)."""
+        return self.image_size is not None
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the patch grid; InputError for a text model."""
+        if self.image_size is None or self.patch_size is None:
+            raise InputError(f"{self.name} is not a vision model: it has no patch grid")
+        side = self.image_size // self.patch_size
+        return side, side
+
+    @property
+    def n_patches(self) -> int:
+        rows, cols = self.patch_grid
+        return rows * cols
 
     @property
     def group_size(self) -> int:

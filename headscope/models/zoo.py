@@ -47,6 +47,12 @@ BUILTINS: dict[str, BuiltinModel] = {
             has_lm_head=False,
             extra="minilm",
         ),
+        BuiltinModel(
+            "toy-vit",
+            "3-layer, 4-head ViT image classifier trained by headscope on scikit-learn's 8x8 "
+            "digits, each placed in one quadrant of a 16x16 canvas (2x2 patches, [CLS] + 64)",
+            has_lm_head=True,
+        ),
     )
 }
 

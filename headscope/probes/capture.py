@@ -161,7 +161,10 @@ def capture(
 
     `inputs`: a string, a list of strings (right-padded; padding masked out and
     per-prompt lengths kept) or a token-id tensor (`[position]` or `[batch,
-    position]`, used as given).
+    position]`, used as given). A vision model (`spec.is_vision`) takes an
+    image or a batch instead (PIL images, paths, arrays; `models.images`): the
+    record's tokens are [CLS] then "(row,column)" per patch, and its spec keeps
+    the patch grid (`spec.patch_grid`, `spec.patch_size`).
 
     `mode="maps"` (default) returns an `AttentionRecord` of the chosen heads
     (`layers` / `heads` restrict what is kept, see `resolve_heads`); only those

@@ -129,7 +129,9 @@ def check_tokens(tokens: Any, lengths: tuple[int, ...] | None, n: int) -> None:
 
 
 def check_token_ids(token_ids: Any, spec: ModelSpec, shape: Sequence[int]) -> None:
-    """Integer ids of the given shape, inside the model's vocabulary."""
+    """Integer ids of the given shape, inside the model's vocabulary (for a
+    vision model, whose tokens are [CLS] and patches: token positions, inside
+    [0, n_ctx))."""
     check_type(token_ids, Tensor, "token_ids", "a tensor")
     if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
         raise FieldError("token_ids", f"token_ids must be integers, got {token_ids.dtype}")
@@ -138,11 +140,13 @@ def check_token_ids(token_ids: Any, spec: ModelSpec, shape: Sequence[int]) -> No
             "token_ids",
             f"token_ids has shape {tuple(token_ids.shape)}, expected {tuple(shape)}",
         )
-    if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= spec.d_vocab):
+    if spec.is_vision:
+        limit, what = spec.n_ctx, "the token positions"
+    else:
+        limit, what = spec.d_vocab, "the vocabulary"
+    if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= limit):
         bad = int(token_ids.min()) if int(token_ids.min()) < 0 else int(token_ids.max())
-        raise FieldError(
-            "token_ids", f"token_ids holds {bad}, outside the vocabulary [0, {spec.d_vocab})"
-        )
+        raise FieldError("token_ids", f"token_ids holds {bad}, outside {what} [0, {limit})")
 
 
 def check_texts(texts: tuple[str, ...] | None, n_prompts: int) -> None:

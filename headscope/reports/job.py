@@ -120,6 +120,8 @@ def run_report(
     progress: bool = True,
     model=None,
     stop_after: int | None = None,
+    clusters: bool = False,
+    retrieval: bool = False,
 ) -> ReportResult:
     """Run (or resume) a report job and write its files into `out_dir`.
 
@@ -128,7 +130,11 @@ def run_report(
     its own. `address`: a running Ray cluster (Ray backend only), reached
     within `connect_timeout` seconds or a `BackendError`. `stop_after`:
     compute at most this many shards now, then stop without writing the
-    report (used to test resumption; a kill does the same).
+    report (used to test resumption; a kill does the same). `clusters`: add
+    the head-clusters section (`reports.clusters`, docs/methods.md §2.12; off
+    by default, it runs the model on the first prompts once more). `retrieval`:
+    add the retrieval-heads section (`reports.retrieval`, docs/methods.md §2.15;
+    off by default, it runs synthetic copy and passkey tasks).
 
     A checkpoint that does not verify (tampered, truncated, not safetensors,
     of another configuration) is named on stderr and recomputed, never
@@ -202,6 +208,16 @@ def run_report(
             # Read back what a rerun would read, so both write the same bytes.
             pruning = store.load_pruning(digest, config.methods)
             assert pruning is not None
+    section = None
+    if clusters:
+        from headscope.reports.clusters import clusters_section
+
+        section = clusters_section(model, prompt_set.items, config)
+    retrieval_part = None
+    if retrieval:
+        from headscope.reports.retrieval import retrieval_section
+
+        retrieval_part = retrieval_section(model)
     files, top = write_outputs(
         out,
         config,
@@ -213,6 +229,8 @@ def run_report(
         spec=model.spec,
         weights_hash=model.weights_hash,
         measured=scored,
+        clusters=section,
+        retrieval=retrieval_part,
     )
     return ReportResult(out, scores, units, len(now), reused, files, top, pruning_computed, scored)
 

@@ -122,11 +122,15 @@ def write_outputs(
     spec: ModelSpec,
     weights_hash: str,
     measured: Measured,
+    clusters: Mapping[str, Any] | None = None,
+    retrieval: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Path], dict[str, list[dict]]]:
     """Write every report file into `out`; return their paths and `top_heads`
     (method → every head as `{"layer", "head", "score", "sign", "ci_low",
-    "ci_high", "significant"}`, by magnitude, most important first). Pure: no
-    model runs here."""
+    "ci_high", "significant"}`, by magnitude, most important first). `clusters`:
+    the optional head-clusters section (`reports.clusters`), in report.json
+    under "clusters" and drawn in the page; `retrieval` likewise
+    (`reports.retrieval`, under "retrieval"). Pure: no model runs here."""
     out = Path(out)
     make_dir(out, "create the output directory")
     aggregates = {method: aggregate(scores[method]) for method in config.methods}
@@ -157,6 +161,10 @@ def write_outputs(
         files,
         measured,
     )
+    if clusters is not None:
+        document["clusters"] = clusters
+    if retrieval is not None:
+        document["retrieval"] = retrieval
     document = _json_safe(document)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     html = render_html(document, prompt_set, aggregates, summaries)
@@ -538,6 +546,8 @@ def render_html(
         "pruning": _pruning(document, summaries, warnings),
         "sinks": _sinks(summaries),
         "peak_distance": summaries.peak_distance,
+        "clusters": _clusters(document),
+        "retrieval": _retrieval(document),
         "position_figure": _figure(
             influence_figure(
                 summaries.influence,
@@ -554,6 +564,24 @@ def render_html(
         },
     }
     return _environment().get_template(TEMPLATE).render(context)
+
+
+def _clusters(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The head-clusters section's view (`reports.clusters`), when the report has one."""
+    if document.get("clusters") is None:
+        return None
+    from headscope.reports.clusters import clusters_view
+
+    return clusters_view(document["clusters"], _figure)
+
+
+def _retrieval(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The retrieval section's view (`reports.retrieval`), when the report has one."""
+    if document.get("retrieval") is None:
+        return None
+    from headscope.reports.retrieval import retrieval_view
+
+    return retrieval_view(document["retrieval"], _figure)
 
 
 def _listing(numbers: Sequence[int], limit: int = 12) -> str:

@@ -88,7 +88,7 @@ def test_bad_options_are_refused_with_one_line(toy_model, minilm_model):
     with pytest.raises(InputError, match="unknown method"):
         score_heads(toy_model, ["red cat"], ["ablate"])
     with pytest.raises(InputError, match="unknown metric"):
-        score_heads(toy_model, ["red cat"], ["ablation"], metric="accuracy")
+        score_heads(toy_model, ["red cat"], ["ablation"], metric="bleu")
     with pytest.raises(InputError, match="unknown target"):
         score_heads(toy_model, ["red cat"], ["ablation"], target="middle")
     with pytest.raises(InputError, match="needs a trained LM head"):

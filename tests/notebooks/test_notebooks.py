@@ -28,6 +28,10 @@ EXPECTED = [
     "03_head_importance",
     "04_position_and_sinks",
     "05_spectral",
+    "06_head_clusters",
+    "07_retrieval_heads",
+    "08_training_dynamics",
+    "09_vision",
 ]
 #: No single cell may take longer (each notebook is meant to run in well under 2 minutes).
 CELL_TIMEOUT_S = 120
