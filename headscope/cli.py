@@ -61,7 +61,8 @@ def models() -> None:
         "  a local directory written by save_pretrained():  --model /path/to/dir\n"
         "  a Hugging Face hub name, when the hub is reachable:  --model gpt2\n"
         "  saved for offline use beforehand:  headscope pull gpt2 ./gpt2 (then --model ./gpt2)\n"
-        "Architectures: GPT-2 style, Llama style (RoPE, grouped-query), BERT style encoders.\n"
+        "Architectures: GPT-2 style, Llama style (RoPE, grouped-query), BERT style encoders,\n"
+        "  ViT and DeiT image classifiers.\n"
         "Devices and dtypes: --device cpu|cuda|cuda:N|mps, --dtype float32|bfloat16|float16."
     )
 
@@ -371,8 +372,10 @@ def dynamics(
     ] = False,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Training dynamics over a checkpoint series (taxonomy, importance, in-context
-    loss, the phase change) and a diff of two checkpoints: dynamics.html and .json."""
+    """Training dynamics over checkpoints and a diff of two: dynamics.html and .json.
+
+    Per checkpoint: taxonomy scores, importance and the in-context loss, with the
+    phase change marked."""
     from headscope.reports.dynamics import dynamics_report
 
     sources = source or ["toy-induction"]
@@ -433,8 +436,9 @@ def vision_report(
     max_images: Annotated[int, typer.Option("--max-images", help="refuse larger folders")] = 512,
     device: DeviceOption = "cpu",
 ) -> None:
-    """A vision transformer over a folder of images: accuracy, head importance with
-    intervals, mean attention distance, overlays: vision.html and vision.json."""
+    """A vision transformer over a folder of images: vision.html and vision.json.
+
+    Accuracy, head importance with intervals, mean attention distance, overlays."""
     _check_writable(out)
     try:
         from headscope.models.loading import load_model
