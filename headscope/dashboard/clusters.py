@@ -20,7 +20,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from headscope.analyses.clustering import CLUSTER_METHODS, LayerClusters
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
-from headscope.dashboard.components import card, graph, page_header, progress_block
+from headscope.dashboard.components import card, graph, page_header, progress_block, table_panel
 from headscope.dashboard.examples import prompt_set
 from headscope.dashboard.importance import TARGET, TARGET_CHOICES, metric_choices, metric_for
 from headscope.dashboard.inputs import as_int, choice, prompt_lines
@@ -292,7 +292,7 @@ def cluster_table(result: Redundancy) -> html.Div:
         id="clu-cluster-table",
         style={"borderCollapse": "collapse", "width": "100%", "fontSize": "13px"},
     )
-    return html.Div(table, className="hs-panel")
+    return table_panel(table, name="clusters")
 
 
 def _store(result: Redundancy) -> dict:

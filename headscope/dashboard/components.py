@@ -114,6 +114,13 @@ def token_chips(
     return chips
 
 
+def table_panel(table: html.Table, *, name: str = "table") -> html.Div:
+    """A wide table (a header row, then one row per item) in a panel with CSV and
+    JSON export buttons: the files hold one record per body row, keyed by the
+    header's column titles (`name` names the file)."""
+    return html.Div([table, export_controls(name, kind="table")], className="hs-panel")
+
+
 def stats_table(rows: Sequence[tuple[str, str]], *, name: str = "table") -> html.Div:
     """A two-column table (what, value) with CSV and JSON export buttons
     (`name` names the file)."""

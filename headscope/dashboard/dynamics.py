@@ -21,7 +21,7 @@ from headscope.analyses.diffing import ModelDiff
 from headscope.analyses.dynamics import TrainingDynamics, phase_change
 from headscope.analyses.uncertainty import Interval
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
-from headscope.dashboard.components import card, graph, page_header, progress_block
+from headscope.dashboard.components import card, graph, page_header, progress_block, table_panel
 from headscope.dashboard.inputs import as_int, choice, prompt_lines
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
@@ -438,14 +438,12 @@ def diff_table(diff: ModelDiff, key: str) -> html.Div:
             for row in diff_rows(diff, key)
         ]
     )
-    return html.Div(
-        html.Table(
-            [head, body],
-            id="dyn-diff-rows",
-            style={"borderCollapse": "collapse", "width": "100%", "fontSize": "13px"},
-        ),
-        className="hs-panel",
+    table = html.Table(
+        [head, body],
+        id="dyn-diff-rows",
+        style={"borderCollapse": "collapse", "width": "100%", "fontSize": "13px"},
     )
+    return table_panel(table, name="diff")
 
 
 def diff_views(store: object, key: object, layer: object) -> tuple:

@@ -15,7 +15,8 @@ CSV is tidy, one row per heatmap cell or per point:
 value; `customdata` and `text`: what the hover shows, e.g. the overview
 thumbnails keep the raw weights in `customdata` and the weight over the
 head's max in `z`). JSON keeps the structure: the panel's title and its traces
-with their arrays and axis titles. A table exports its rows (`name`, `value`).
+with their arrays and axis titles. A table exports its rows: (`name`, `value`) for a
+two-column table, the header's columns for a wide one (`components.table_panel`).
 Labels lose plotly's markup (`<br>`, entities); a text cell that a spreadsheet
 would run as a formula (starting with = + - @) is prefixed with an apostrophe
 in the CSV only. NaN (a heatmap's gaps) is an empty CSV cell and null in JSON.
@@ -165,8 +166,8 @@ window.headscopeExport = (function() {
     return quote ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
   function csv(columns, records) {
-    return [columns.join(",")].concat(records.map(r => columns.map(c => cell(r[c])).join(",")))
-      .join("\r\n") + "\r\n";
+    const lines = records.map(r => columns.map(c => cell(r[c])).join(","));
+    return [columns.map(cell).join(",")].concat(lines).join("\r\n") + "\r\n";
   }
   function graphText(gd, panel, format) {
     const list = traces(gd);
@@ -178,15 +179,34 @@ window.headscopeExport = (function() {
     }
     return csv(COLUMNS, rows(panel, list));
   }
+  function cellTexts(tr) {
+    return Array.from(tr.querySelectorAll("td, th")).map(td => td.innerText.trim());
+  }
   function tableText(table, panel, format) {
-    const records = Array.from(table.querySelectorAll("tr")).map(function(tr) {
-      const cells = Array.from(tr.querySelectorAll("td, th")).map(td => td.innerText.trim());
-      return {name: cells[0] || "", value: cells.slice(1).join(" ")};
-    });
-    if (format === "json") {
-      return JSON.stringify({panel: panel, page: window.location.pathname, rows: records}, null, 1);
+    const header = table.querySelector("thead tr");
+    let columns = ["name", "value"];
+    let records;
+    if (header) {  // a wide table: its header names the columns, one record per body row
+      columns = cellTexts(header).map((title, k) => title || "column " + (k + 1));
+      records = Array.from(table.querySelectorAll("tbody tr")).map(function(tr) {
+        const cells = cellTexts(tr);
+        const record = {};
+        columns.forEach(function(column, k) {
+          record[column] = cells[k] === undefined ? "" : cells[k];
+        });
+        return record;
+      });
+    } else {  // a two-column (what, value) table
+      records = Array.from(table.querySelectorAll("tr")).map(function(tr) {
+        const cells = cellTexts(tr);
+        return {name: cells[0] || "", value: cells.slice(1).join(" ")};
+      });
     }
-    return csv(["name", "value"], records);
+    if (format === "json") {
+      return JSON.stringify({panel: panel, page: window.location.pathname, columns: columns,
+                             rows: records}, null, 1);
+    }
+    return csv(columns, records);
   }
   function text(button) {
     const panel = button.closest(".hs-panel");

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dash import Dash, Input, Output, State, dcc, html
 
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
-from headscope.dashboard.components import card, graph, page_header, progress_block
+from headscope.dashboard.components import card, graph, page_header, progress_block, table_panel
 from headscope.dashboard.inputs import check_number
 from headscope.dashboard.messages import alert, describe
 from headscope.dashboard.session import ModelSession
@@ -179,7 +179,7 @@ def label_table(study: RetrievalStudy) -> html.Div:
         id="ret-label-table",
         style={"borderCollapse": "collapse", "width": "100%", "fontSize": "13px"},
     )
-    return html.Div(table, className="hs-panel")
+    return table_panel(table, name="labels")
 
 
 def summary(study: RetrievalStudy) -> str:

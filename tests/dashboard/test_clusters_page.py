@@ -6,6 +6,9 @@ artifacts/dashboard/clusters.png."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 
 import pytest
@@ -103,6 +106,21 @@ def test_the_page_shows_the_cluster_table(dash_duo, toy_model, artifacts):
     dash_duo.wait_for_contains_text("#clu-cluster-table", "1.0, 1.3", timeout=30)
     until(lambda: dash_duo.find_elements("#clu-heatmap .heatmaplayer"), timeout=30, poll=0.3)
     assert "Pearson" in dash_duo.find_element("#clu-message").text
+    # the wide table exports one record per row, keyed by its header's titles
+    table = dash_duo.find_element("#clu-cluster-table")
+    titles = [th.text.strip() for th in table.find_elements("css selector", "thead th")]
+    shown = [
+        [td.text.strip() for td in tr.find_elements("css selector", "td")]
+        for tr in table.find_elements("css selector", "tbody tr")
+    ]
+    script = "return window.headscopeExport.tableText(arguments[0], 'clusters', arguments[1]);"
+    data = json.loads(dash_duo.driver.execute_script(script, table, "json"))
+    assert data["columns"] == titles and len(titles) > 2
+    assert [[row[t] for t in titles] for row in data["rows"]] == shown
+    text = dash_duo.driver.execute_script(script, table, "csv")
+    records = list(csv.DictReader(io.StringIO(text)))
+    assert [[r[t].lstrip("'") for t in titles] for r in records] == shown
+    assert dash_duo.find_elements(".hs-panel:has(> #clu-cluster-table) .hs-export-button")
     height = dash_duo.driver.execute_script("return document.body.scrollHeight")
     dash_duo.driver.set_window_size(1400, max(900, min(int(height) + 40, 4000)))
     dash_duo.driver.save_screenshot(str(artifacts / "clusters.png"))

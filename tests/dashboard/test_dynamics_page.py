@@ -53,7 +53,7 @@ def test_the_diff_job_and_its_views():
     heatmap, matching, table = dynamics.diff_views(store, "induction", 1)
     assert "Δ induction score" in heatmap.layout.title.text
     assert "layer 1" in matching.layout.title.text and len(matching.layout.shapes) == 4
-    assert table.children.id == "dyn-diff-rows"
+    assert table.children[0].id == "dyn-diff-rows"
     rows = dynamics.diff_rows(dynamics.diff_from_store(store), "induction")
     row = next(r for r in rows if r["head"] == "1.3")
     assert row["label_b"].startswith("induction") and "(changed)" in row["label_b"]
