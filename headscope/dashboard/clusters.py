@@ -20,7 +20,14 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from headscope.analyses.clustering import CLUSTER_METHODS, LayerClusters
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
-from headscope.dashboard.components import card, graph, page_header, progress_block, table_panel
+from headscope.dashboard.components import (
+    card,
+    graph,
+    page_header,
+    progress_block,
+    prompt_set_box,
+    table_panel,
+)
 from headscope.dashboard.examples import prompt_set
 from headscope.dashboard.importance import TARGET, TARGET_CHOICES, metric_choices, metric_for
 from headscope.dashboard.inputs import as_int, choice, prompt_lines
@@ -66,23 +73,7 @@ def layout(session: ModelSession) -> list:
             None,
             html.Div(
                 [
-                    html.Div(
-                        [
-                            html.Label("prompt set (one per line)", htmlFor="clu-prompts"),
-                            dcc.Textarea(
-                                id="clu-prompts",
-                                value="\n".join(prompt_set(spec)),
-                                spellCheck=False,
-                                style={
-                                    "width": "520px",
-                                    "height": "118px",
-                                    "fontFamily": "var(--hs-mono)",
-                                    "fontSize": "12px",
-                                },
-                            ),
-                        ],
-                        className="hs-control",
-                    ),
+                    prompt_set_box("clu-prompts", prompt_set(spec)),
                     html.Div(
                         [
                             html.Label("clustering"),

@@ -114,6 +114,28 @@ def token_chips(
     return chips
 
 
+def prompt_set_box(component_id: str, prompts: Sequence[str], *, height: int = 118) -> html.Div:
+    """A labelled text area holding a prompt set, one prompt per line (the pages
+    that score heads over several prompts share it)."""
+    return html.Div(
+        [
+            html.Label("prompt set (one per line)", htmlFor=component_id),
+            dcc.Textarea(
+                id=component_id,
+                value="\n".join(prompts),
+                spellCheck=False,
+                style={
+                    "width": "520px",
+                    "height": f"{height}px",
+                    "fontFamily": "var(--hs-mono)",
+                    "fontSize": "12px",
+                },
+            ),
+        ],
+        className="hs-control",
+    )
+
+
 def table_panel(table: html.Table, *, name: str = "table") -> html.Div:
     """A wide table (a header row, then one row per item) in a panel with CSV and
     JSON export buttons: the files hold one record per body row, keyed by the

@@ -21,7 +21,14 @@ from headscope.analyses.diffing import ModelDiff
 from headscope.analyses.dynamics import TrainingDynamics, phase_change
 from headscope.analyses.uncertainty import Interval
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
-from headscope.dashboard.components import card, graph, page_header, progress_block, table_panel
+from headscope.dashboard.components import (
+    card,
+    graph,
+    page_header,
+    progress_block,
+    prompt_set_box,
+    table_panel,
+)
 from headscope.dashboard.inputs import as_int, choice, prompt_lines
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
@@ -82,23 +89,7 @@ def layout(session: ModelSession) -> list:
                         ],
                         className="hs-control",
                     ),
-                    html.Div(
-                        [
-                            html.Label("prompt set (one per line)", htmlFor="dyn-prompts"),
-                            dcc.Textarea(
-                                id="dyn-prompts",
-                                value="\n".join(repeat_prompts()),
-                                spellCheck=False,
-                                style={
-                                    "width": "520px",
-                                    "height": "96px",
-                                    "fontFamily": "var(--hs-mono)",
-                                    "fontSize": "12px",
-                                },
-                            ),
-                        ],
-                        className="hs-control",
-                    ),
+                    prompt_set_box("dyn-prompts", repeat_prompts(), height=96),
                     html.Div(
                         [
                             html.Label("score over steps", htmlFor="dyn-category"),

@@ -16,7 +16,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from headscope.analyses.uncertainty import bootstrap_interval
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
-from headscope.dashboard.components import card, graph, page_header, progress_block
+from headscope.dashboard.components import card, graph, page_header, progress_block, prompt_set_box
 from headscope.dashboard.examples import prompt_set
 from headscope.dashboard.inputs import choice, prompt_lines
 from headscope.dashboard.messages import alert, describe, guarded
@@ -82,23 +82,7 @@ def layout(session: ModelSession) -> list:
             None,
             html.Div(
                 [
-                    html.Div(
-                        [
-                            html.Label("prompt set (one per line)", htmlFor="imp-prompts"),
-                            dcc.Textarea(
-                                id="imp-prompts",
-                                value="\n".join(prompt_set(spec)),
-                                spellCheck=False,
-                                style={
-                                    "width": "520px",
-                                    "height": "118px",
-                                    "fontFamily": "var(--hs-mono)",
-                                    "fontSize": "12px",
-                                },
-                            ),
-                        ],
-                        className="hs-control",
-                    ),
+                    prompt_set_box("imp-prompts", prompt_set(spec)),
                     html.Div(
                         [
                             html.Label("methods"),

@@ -61,7 +61,7 @@ from headscope.figures.vision import (
     offset_figure,
     overlay_panels,
 )
-from headscope.models.images import pixel_values
+from headscope.models.images import image_view
 from headscope.models.loading import HeadscopeModel
 
 #: Test canvases offered as samples (the first of toy-vit's held-out split).
@@ -132,16 +132,11 @@ def quadrant_region(grid: tuple[int, int], quadrant: int) -> Bool[Tensor, "rows 
 
 def model_view(model: HeadscopeModel, image: object) -> Float[np.ndarray, "height width channel"]:
     """The image as the model sees it: converted to its channels and resized to
-    its input size (`models.images.pixel_values`), before normalisation, in [0, 1]."""
+    its input size (`models.images.image_view`), before normalisation, in [0, 1]."""
     processing = model.image_processing
     if processing is None:
         raise InputError(f"{model.spec.name} is a text model: it takes prompts, not images")
-    values = pixel_values(image, processing)
-    if processing.do_normalize:
-        mean = torch.tensor(processing.mean)[:, None, None]
-        std = torch.tensor(processing.std)[:, None, None]
-        values = values * std + mean
-    return values.permute(1, 2, 0).clamp(0.0, 1.0).numpy().astype(np.float32)
+    return image_view(image, processing)
 
 
 def sample_store(model: HeadscopeModel, index: object) -> dict:

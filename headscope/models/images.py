@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -288,6 +289,14 @@ def resized_image(
             chw, size=(size, size), mode="bilinear", align_corners=False, antialias=True
         ).clamp(0.0, 1.0)
     return chw[0]
+
+
+def image_view(
+    image: Any, processing: ImageProcessing, what: str = "the image"
+) -> Float[np.ndarray, "height width channel"]:
+    """`resized_image` channels last as float32 numpy `[size, size, channel]` in
+    [0, 1]: the picture to draw under a patch map (dashboard, report, notebook)."""
+    return resized_image(image, processing, what).permute(1, 2, 0).numpy().astype(np.float32)
 
 
 def pixel_values(

@@ -53,7 +53,7 @@ from headscope.experiments.vision import (
 from headscope.figures.heads import importance_heatmap, pruning_curve
 from headscope.figures.theme import THEME_CSS
 from headscope.figures.vision import attention_distance_figure, overlay_panels
-from headscope.models.images import pixel_values
+from headscope.models.images import image_view
 from headscope.models.loading import HeadscopeModel
 from headscope.reports.writers import _environment, _figure
 
@@ -169,13 +169,7 @@ def _load(item: FolderImage) -> Any:
 
 def model_view(model: HeadscopeModel, image: Any) -> np.ndarray:
     """The image as the model sees it (its channels, its size), in [0, 1], `[H, W, C]`."""
-    processing = model.image_processing
-    values = pixel_values(image, processing)
-    if processing.do_normalize:
-        mean = torch.tensor(processing.mean)[:, None, None]
-        std = torch.tensor(processing.std)[:, None, None]
-        values = values * std + mean
-    return values.permute(1, 2, 0).clamp(0.0, 1.0).numpy().astype(np.float32)
+    return image_view(image, model.image_processing)
 
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
