@@ -15,6 +15,10 @@
   permutation within a layer (permuting the heads of a layer, with their
   rows of W_Q, W_K, W_V and columns of W_O, leaves the function unchanged),
   so head 3 of one checkpoint need not be head 3 of another.
+- `matching_margin`: per matched pair, the summed similarity the best matching
+  *without* that pair loses. Near 0 the maps do not decide the pair (e.g. the
+  near-uniform heads of a randomly initialised model): another matching is as
+  good, and the pair is reported as ambiguous (below `AMBIGUOUS_MARGIN`).
 
 Pure: tensors in, no model.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -32,6 +37,9 @@ from torch import Tensor
 
 from headscope.analyses.uncertainty import Interval, bootstrap_interval
 from headscope.errors import InputError
+
+#: A matched pair whose matching margin (summed correlation) is below this is ambiguous.
+AMBIGUOUS_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,17 @@ class ModelDiff:
             ],
             dtype=torch.bool,
         )
+
+    @cached_property
+    def matching_margin(self) -> Float[Tensor, "layer head"]:
+        """Per head of A, how much summed similarity the best matching without its
+        pair loses (`matching_margin`); below AMBIGUOUS_MARGIN the pair is ambiguous."""
+        return matching_margin(self.similarity, self.matching)
+
+    @property
+    def ambiguous(self) -> Bool[Tensor, "layer head"]:
+        """Matched pairs that the maps do not decide (margin below AMBIGUOUS_MARGIN)."""
+        return self.matching_margin < AMBIGUOUS_MARGIN
 
     @property
     def identity_matched(self) -> bool:
@@ -166,3 +185,36 @@ def match_heads(
         matching[layer, torch.as_tensor(rows)] = torch.as_tensor(columns, dtype=torch.long)
         matched[layer, torch.as_tensor(rows)] = torch.as_tensor(values[rows, columns])
     return matching, matched
+
+
+def matching_margin(
+    similarity: Float[Tensor, "layer head head"], matching: Int[Tensor, "layer head"]
+) -> Float[Tensor, "layer head"]:
+    """Per layer and head i of A, the summed similarity of the matching minus that
+    of the best matching that does not pair i with `matching[layer, i]` (>= 0 up
+    to rounding when `matching` is optimal; +inf with one head, which has no
+    alternative). A margin near 0 means the maps do not decide the pair. One
+    Hungarian solve per head: O(head⁴) per layer."""
+    if similarity.dim() != 3 or similarity.shape[1] != similarity.shape[2]:
+        raise InputError(f"similarity must be [layer, head, head], got {list(similarity.shape)}")
+    if tuple(matching.shape) != tuple(similarity.shape[:2]):
+        raise InputError(
+            f"matching must be [layer, head] = {list(similarity.shape[:2])}, "
+            f"got {list(matching.shape)}"
+        )
+    n_layers, n_heads, _ = similarity.shape
+    margin = torch.full((n_layers, n_heads), float("inf"), dtype=torch.float64)
+    if n_heads < 2:
+        return margin
+    # a forbidden pair costs more than any matching can gain (similarities lie in [-1, 1])
+    forbidden = -2.0 * (n_heads + 1)
+    for layer in range(n_layers):
+        values = np.nan_to_num(similarity[layer].double().cpu().numpy(), nan=-1.0)
+        chosen = matching[layer].cpu().numpy()
+        total = float(values[np.arange(n_heads), chosen].sum())
+        for head in range(n_heads):
+            masked = values.copy()
+            masked[head, chosen[head]] = forbidden
+            rows, columns = linear_sum_assignment(masked, maximize=True)
+            margin[layer, head] = total - float(masked[rows, columns].sum())
+    return margin

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from headscope.analyses.diffing import ModelDiff
+from headscope.analyses.diffing import AMBIGUOUS_MARGIN, ModelDiff
 from headscope.analyses.dynamics import TrainingDynamics, phase_change
 from headscope.analyses.uncertainty import Interval
 from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
@@ -373,6 +373,7 @@ def dynamics_outputs(
 
 
 def diff_rows(diff: ModelDiff, key: str) -> list[dict]:
+    ambiguous = diff.ambiguous
     rows = []
     delta = diff.deltas.get(key)
     for layer, (row_a, row_b) in enumerate(zip(diff.labels_a, diff.labels_b, strict=True)):
@@ -395,7 +396,8 @@ def diff_rows(diff: ModelDiff, key: str) -> list[dict]:
                     "label_b": label_b.replace("_", " ")
                     + (" (changed)" if label_a != label_b else ""),
                     "delta": text,
-                    "matched": f"{layer}.{int(diff.matching[layer, head])}",
+                    "matched": f"{layer}.{int(diff.matching[layer, head])}"
+                    + (" (ambiguous)" if bool(ambiguous[layer, head]) else ""),
                     "r": f"{float(diff.matched_similarity[layer, head]):.3f}",
                 }
             )
@@ -475,6 +477,12 @@ def diff_outputs(
         if diff.identity_matched
         else "some heads matched to a different index"
     )
+    unsure = int(diff.ambiguous.sum())
+    if unsure:
+        matched += (
+            f" ({unsure} pairs ambiguous: another matching within {AMBIGUOUS_MARGIN} "
+            "summed correlation, so the maps do not decide them)"
+        )
     message = alert(
         f"step {b} − step {a} over {diff.prompts} prompts: {changed} heads changed their "
         f"taxonomy label; {matched}.",

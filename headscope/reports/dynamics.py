@@ -13,7 +13,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from headscope.analyses.diffing import ModelDiff
+from headscope.analyses.diffing import AMBIGUOUS_MARGIN, ModelDiff
 from headscope.analyses.dynamics import PhaseChange, TrainingDynamics
 from headscope.figures.dynamics import (
     diff_heatmap,
@@ -101,6 +101,8 @@ def dynamics_document(
             "labels_b": [list(row) for row in diff.labels_b],
             "matching": diff.matching.tolist(),
             "matched_similarity": _grid(diff.matched_similarity),
+            "matching_margin": _grid(diff.matching_margin),
+            "ambiguous": diff.ambiguous.tolist(),
         }
     return document
 
@@ -173,6 +175,7 @@ def render_dynamics_html(
                         "importance": importance,
                         "importance_significant": importance_sig,
                         "matched": f"{layer}.{int(diff.matching[layer, head])}",
+                        "ambiguous": bool(diff.ambiguous[layer, head]),
                         "similarity": float(diff.matched_similarity[layer, head]),
                     }
                 )
@@ -180,6 +183,7 @@ def render_dynamics_html(
             "name_a": diff.name_a,
             "name_b": diff.name_b,
             "prompts": diff.prompts,
+            "ambiguous_margin": AMBIGUOUS_MARGIN,
             "figures": figures,
             "rows": rows,
         }

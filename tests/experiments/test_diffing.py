@@ -56,6 +56,12 @@ def test_a_model_diffed_with_itself_changes_nothing(toy_model):
     assert torch.allclose(diff.matched_similarity, torch.ones(2, 4))
     assert not bool(diff.label_changed.any())
     assert "importance" in diff.deltas and diff.prompts == len(PROMPTS)
+    # the two <bos>-sink heads attend alike (r ~ 0.999): the maps cannot tell which
+    # is which, so their pairs are ambiguous; the previous-token head 0.2 is unique
+    assert bool(diff.ambiguous[1, 1]) and bool(diff.ambiguous[1, 2])
+    assert not bool(diff.ambiguous[0, 2])
+    swap = 2 - 2 * float(diff.similarity[1, 1, 2])  # closed form of the 1.1 <-> 1.2 swap
+    assert float(diff.matching_margin[1, 1]) == pytest.approx(swap, abs=1e-9)
 
 
 def test_first_against_last_checkpoint(series):
