@@ -7,7 +7,9 @@ clustered (k-means at the elbow of the within-cluster error, or hierarchical),
 and every cluster of two or more heads is checked by ablation: each member
 alone vs the whole cluster, mean over prompts with 95% bootstrap intervals.
 The work runs in `experiments.redundancy.redundancy`, as a background job; the
-layer heat map is redrawn from the stored result without recomputing.
+layer heat map is redrawn from the stored result without recomputing. The
+layer and the clustering method are in the URL (`layer=`, `cluster=`, see
+`dashboard.state`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from headscope.dashboard.inputs import as_int, choice, prompt_lines
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.pickers import metric_picker, target_picker
 from headscope.dashboard.session import ModelSession
+from headscope.dashboard.state import decode_layer, state_out, state_out_id
 from headscope.errors import InputError
 from headscope.experiments.redundancy import REDUNDANCY_MODES, Redundancy, redundancy
 from headscope.figures.clusters import (
@@ -54,6 +57,8 @@ MEASURE = (
 NEGLIGIBLE = 1e-3
 #: Prompts the page clusters at most.
 MAX_PROMPTS = 32
+#: The clustering methods the page offers (the URL's `cluster=`).
+METHODS = CLUSTER_METHODS
 
 
 def layout(session: ModelSession) -> list:
@@ -118,6 +123,7 @@ def layout(session: ModelSession) -> list:
                         className="hs-control",
                     ),
                     html.Button("Cluster heads", id="clu-run", className="hs-button", n_clicks=0),
+                    state_out("clusters"),
                 ],
                 className="hs-controls",
             ),
@@ -411,7 +417,52 @@ def _failed(message: str) -> tuple:
     return (*(blank,) * len(OUTPUT_IDS), html.Div(), no_update, alert(message))
 
 
+def sync_pickers(
+    session: ModelSession, trigger: object, view: object, layer: object, method: object
+) -> tuple:
+    """(layer picker, method radio, state edits) between the pickers and the
+    URL's state (`dashboard.state`): when the page opens or the URL changes, the
+    state's `layer` and `cluster` set the pickers; when one changes, the state
+    (and so the URL) follows. Values the page does not offer are ignored."""
+    spec = session.spec
+    if trigger is None or trigger == "view-state":
+        current = view if isinstance(view, dict) else {}
+        try:
+            wanted_layer: object = decode_layer(current.get("layer"), spec)
+        except InputError:
+            wanted_layer = no_update
+        wanted_method = current.get("cluster")
+        return wanted_layer, wanted_method if wanted_method in METHODS else no_update, no_update
+    edits = {}
+    index = as_int(layer)
+    if index is not None and 0 <= index < (spec.n_layers if spec is not None else 0):
+        edits["layer"] = str(index)
+    if method in METHODS:
+        edits["cluster"] = method
+    return no_update, no_update, edits or no_update
+
+
 def register(app: Dash, session: ModelSession, manager) -> None:
+    # The URL's layer and clustering method set the pickers; the pickers' values go to the URL.
+    @app.callback(
+        Output("clu-layer", "value"),
+        Output("clu-method", "value"),
+        Input("view-state", "data"),
+    )
+    @guarded(lambda message: (no_update, no_update), "the layer and method pickers")
+    def _pickers(view):
+        return sync_pickers(session, "view-state", view, None, None)[:2]
+
+    @app.callback(
+        Output(state_out_id("clusters"), "data"),
+        Input("clu-layer", "value"),
+        Input("clu-method", "value"),
+        prevent_initial_call=True,
+    )
+    @guarded(lambda message: no_update, "the layer and method in the URL")
+    def _report(layer, method):
+        return sync_pickers(session, "clu-layer", None, layer, method)[2]
+
     @app.callback(
         Output("clu-heatmap", "figure"),
         Input("clu-store", "data"),

@@ -6,13 +6,16 @@ shipped checkpoints), independent of the model the dashboard serves. Every
 checkpoint runs on the same prompt set (`experiments.dynamics.repeat_prompts`
 by default). Both jobs run in the background (`experiments.dynamics`,
 `experiments.diffing`); the figures are redrawn from the stored results when a
-category or layer changes, without recomputing.
+category or layer changes, without recomputing. The score, the diffed steps,
+the delta and the matching layer are in the URL (`score=`, `steps=A,B`,
+`delta=`, `match=`, see `dashboard.state`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cache
 
 import torch
 from dash import Dash, Input, Output, State, dcc, html, no_update
@@ -32,6 +35,7 @@ from headscope.dashboard.components import (
 from headscope.dashboard.inputs import as_int, choice, prompt_lines
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
+from headscope.dashboard.state import decode_layer, decode_steps, state_out, state_out_id
 from headscope.errors import InputError
 from headscope.experiments.diffing import diff_models
 from headscope.experiments.dynamics import DYNAMICS_CATEGORIES, repeat_prompts, training_dynamics
@@ -43,6 +47,8 @@ SERIES = tuple(BUILTIN_SERIES)
 #: Prompts the page runs at most per checkpoint.
 MAX_PROMPTS = 32
 DIFF_KEYS = ("importance", *DYNAMICS_CATEGORIES)
+#: The scores the page plots over steps (the URL's `score=`).
+SCORES = DYNAMICS_CATEGORIES
 START = "Press Compute"
 
 
@@ -53,6 +59,65 @@ def _shape(series: str) -> tuple[tuple[int, ...], int]:
     checkpoints = load_checkpoints(series)
     config = AutoConfig.from_pretrained(checkpoints.sources[0].directory)
     return checkpoints.steps, int(config.num_hidden_layers)
+
+
+@cache
+def series_steps() -> tuple[int, ...]:
+    """The steps of the page's built-in series (the URL's `steps=` names two of them)."""
+    return load_checkpoints(SERIES[0]).steps
+
+
+@cache
+def series_layers() -> int:
+    """The layers of the page's built-in series (the URL's `match=` names one)."""
+    return _shape(SERIES[0])[1]
+
+
+def sync_pickers(
+    trigger: object,
+    view: object,
+    score: object,
+    step_a: object,
+    step_b: object,
+    delta: object,
+    match: object,
+) -> tuple:
+    """(score, step A, step B, delta, matching layer pickers, state edits)
+    between the pickers and the URL's state (`dashboard.state`): when the page
+    opens or the URL changes, the state's `score`, `steps`, `delta` and `match`
+    set the pickers; when a picker changes, the state (and so the URL) follows.
+    Values the page does not offer are ignored."""
+    steps = series_steps()
+    if trigger is None or trigger == "view-state":
+        current = view if isinstance(view, dict) else {}
+        wanted_score, wanted_delta = current.get("score"), current.get("delta")
+        try:
+            pair: tuple = decode_steps(current.get("steps"), steps)
+        except InputError:
+            pair = (no_update, no_update)
+        try:
+            layer: object = decode_layer(current.get("match"), None, series_layers(), SERIES[0])
+        except InputError:
+            layer = no_update
+        return (
+            wanted_score if wanted_score in SCORES else no_update,
+            *pair,
+            wanted_delta if wanted_delta in DIFF_KEYS else no_update,
+            layer,
+            no_update,
+        )
+    edits = {}
+    if score in SCORES:
+        edits["score"] = score
+    a, b = as_int(step_a), as_int(step_b)
+    if a in steps and b in steps:
+        edits["steps"] = f"{a},{b}"
+    if delta in DIFF_KEYS:
+        edits["delta"] = delta
+    index = as_int(match)
+    if index is not None and 0 <= index < series_layers():
+        edits["match"] = str(index)
+    return (*(no_update,) * 5, edits or no_update)
 
 
 def layout(session: ModelSession) -> list:
@@ -107,6 +172,7 @@ def layout(session: ModelSession) -> list:
                         className="hs-control",
                     ),
                     html.Button("Compute", id="dyn-run", className="hs-button", n_clicks=0),
+                    state_out("dynamics"),
                 ],
                 className="hs-controls",
             ),
@@ -500,6 +566,32 @@ def _diff_failed(message: str) -> tuple:
 
 
 def register(app: Dash, session: ModelSession, manager) -> None:
+    # The URL's score, steps and delta set the pickers; the pickers' values go to the URL.
+    @app.callback(
+        Output("dyn-category", "value"),
+        Output("dyn-a", "value"),
+        Output("dyn-b", "value"),
+        Output("dyn-key", "value"),
+        Output("dyn-layer", "value"),
+        Input("view-state", "data"),
+    )
+    @guarded(lambda message: (no_update,) * 5, "the score, steps, delta and layer pickers")
+    def _pickers(view):
+        return sync_pickers("view-state", view, None, None, None, None, None)[:5]
+
+    @app.callback(
+        Output(state_out_id("dynamics"), "data"),
+        Input("dyn-category", "value"),
+        Input("dyn-a", "value"),
+        Input("dyn-b", "value"),
+        Input("dyn-key", "value"),
+        Input("dyn-layer", "value"),
+        prevent_initial_call=True,
+    )
+    @guarded(lambda message: no_update, "the score, steps, delta and layer in the URL")
+    def _report(score, step_a, step_b, delta, match):
+        return sync_pickers("dyn-category", None, score, step_a, step_b, delta, match)[5]
+
     @app.callback(
         Output("dyn-series-graph", "figure", allow_duplicate=True),
         Input("dyn-category", "value"),

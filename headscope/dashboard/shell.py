@@ -37,10 +37,21 @@ def model_line(session: ModelSession) -> str:
 
 
 def state_choices(session: ModelSession) -> state.Choices:
-    """The metrics and target rules the URL's state may name for this session's model."""
+    """The metrics, target rules, clustering methods and dynamics choices the
+    URL's state may name for this session's model."""
+    from headscope.dashboard import clusters, dynamics
     from headscope.dashboard.importance import TARGET_CHOICES, metric_choices
 
-    return state.Choices(metric_choices(session.spec), TARGET_CHOICES)
+    return state.Choices(
+        metric_choices(session.spec),
+        TARGET_CHOICES,
+        methods=clusters.METHODS,
+        scores=dynamics.SCORES,
+        steps=dynamics.series_steps(),
+        deltas=dynamics.DIFF_KEYS,
+        series_layers=dynamics.series_layers(),
+        series=dynamics.SERIES[0],
+    )
 
 
 def session_controls() -> html.Div:

@@ -6,7 +6,13 @@ here, as query parameters in a compact form:
 - `gates=1.3:0,0.2:0.5`: the playground's head gates that are not 1, as
   `layer.head:gate` (gate in [0, 1], at most 4 decimals), sorted by head;
 - `heads=1.3,0.2`: the selected head(s);
-- `metric=loss`, `target=auto`: the importance page's metric and target rule.
+- `metric=loss`, `target=auto`: the importance page's metric and target rule;
+- `layer=1`, `cluster=hierarchical`: the clusters page's heat-map layer (one of
+  the model's layers) and clustering method (`analyses.clustering.CLUSTER_METHODS`);
+- `score=induction`, `steps=0,3000`, `delta=importance`, `match=1`: the
+  dynamics page's score over steps (a taxonomy category it offers), the two
+  checkpoints it diffs (A,B: steps of the built-in series), the delta it shows
+  and the layer of its head matching (a layer of the series' model).
 
 The browser keeps the state as canonical strings (`{"gates": "1.3:0",
 "heads": "1.3", "metric": "loss", "target": "auto"}`) in two stores, so that
@@ -31,7 +37,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode
 
@@ -44,8 +50,14 @@ from headscope.errors import InputError
 from headscope.models.spec import ModelSpec
 
 GATES, HEADS, METRIC, TARGET = "gates", "heads", "metric", "target"
+LAYER, CLUSTER = "layer", "cluster"
+SCORE, STEPS, DELTA, MATCH = "score", "steps", "delta", "match"
 #: The URL parameters this module owns (the prompt is `routes`').
-STATE_KEYS: tuple[str, ...] = (GATES, HEADS, METRIC, TARGET)
+STATE_KEYS: tuple[str, ...] = (
+    *(GATES, HEADS, METRIC, TARGET),
+    *(LAYER, CLUSTER),
+    *(SCORE, STEPS, DELTA, MATCH),
+)
 #: Longest value of one parameter: 4 096 heads of "ll.hh:0.1234" fit.
 MAX_VALUE_CHARS = 64_000
 #: Gates are shown and stored with this many decimals.
@@ -63,10 +75,19 @@ _NUMBER = re.compile(r"\d{0,3}(\.\d{0,12})?([eE][+-]?\d{1,3})?")
 
 @dataclass(frozen=True)
 class Choices:
-    """What the model offers for the state's pickers: its metrics and target rules."""
+    """What the dashboard offers for the state's pickers: the model's metrics and
+    target rules, the clustering methods, and the dynamics page's scores, steps
+    (of its built-in series) and deltas. An empty tuple offers nothing."""
 
     metrics: tuple[str, ...]
     targets: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    scores: tuple[str, ...] = ()
+    steps: tuple[int, ...] = ()
+    deltas: tuple[str, ...] = ()
+    #: The layers of the dynamics series (for its matching layer) and its name.
+    series_layers: int = 0
+    series: str = "the series"
 
 
 def state_out_id(page: str) -> dict:
@@ -203,6 +224,41 @@ def _refuse(value: object, allowed: Sequence[str], name: str) -> str:
     raise InputError(f"{name} {shown(value)} is not offered here (choose from: {offered})")
 
 
+def decode_layer(
+    text: object, spec: ModelSpec | None, n_layers: int | None = None, name: str = ""
+) -> int:
+    """The layer of "1", checked against `spec` (any layer without one), or
+    against `n_layers` layers of the model called `name` when given."""
+    if not isinstance(text, str) or re.fullmatch(r"\d{1,4}", text.strip()) is None:
+        raise InputError(f"the layer {shown(text)} is not a layer number, e.g. 1")
+    layer = int(text.strip())
+    if n_layers is None and spec is not None:
+        n_layers, name = spec.n_layers, spec.name
+    if n_layers is not None and layer >= n_layers:
+        raise InputError(
+            f"the layer {layer} does not exist ({name} has layers 0–{n_layers - 1})"
+            if n_layers
+            else f"the layer {layer} does not exist (no layers are offered here)"
+        )
+    return layer
+
+
+def decode_steps(text: object, offered: Sequence[int]) -> tuple[int, int]:
+    """The two checkpoint steps (A, B) of "0,3000", each one of `offered`."""
+    items = _items(text, "steps")
+    steps = ", ".join(str(s) for s in offered) if offered else "none"
+    if len(items) != 2 or not all(re.fullmatch(r"\d{1,12}", item) for item in items):
+        raise InputError(
+            f"the steps {shown(text)} are not two checkpoint steps A,B, e.g. 0,3000 "
+            f"(steps: {steps})"
+        )
+    pair = (int(items[0]), int(items[1]))
+    for step in pair:
+        if step not in offered:
+            raise InputError(f"the series has no checkpoint at step {step} (steps: {steps})")
+    return pair
+
+
 # -- the URL -------------------------------------------------------------------------------------
 
 
@@ -217,6 +273,18 @@ def canonical(key: str, value: object, spec: ModelSpec | None, choices: Choices)
         return check_choice(value, choices.metrics, "the metric")
     if key == TARGET:
         return check_choice(value, choices.targets, "the target rule")
+    if key == LAYER:
+        return str(decode_layer(value, spec))
+    if key == CLUSTER:
+        return check_choice(value, choices.methods, "the clustering method")
+    if key == SCORE:
+        return check_choice(value, choices.scores, "the score")
+    if key == STEPS:
+        return ",".join(str(step) for step in decode_steps(value, choices.steps))
+    if key == DELTA:
+        return check_choice(value, choices.deltas, "the delta")
+    if key == MATCH:
+        return str(decode_layer(value, None, choices.series_layers, choices.series))
     raise InputError(f"unknown state {shown(key)}")
 
 
@@ -280,6 +348,9 @@ def session_document(
         heads = [{"layer": li, "head": hi} for li, hi in decode_heads(state.get(HEADS) or "", spec)]
     except InputError:
         pass
+    layer = _or_none(lambda: decode_layer(state.get(LAYER), spec))
+    steps = _or_none(lambda: list(decode_steps(state.get(STEPS), _state_steps(state))))
+    match = _or_none(lambda: decode_layer(state.get(MATCH), None))
     return {
         "schema": SESSION_SCHEMA,
         "schema_version": SESSION_VERSION,
@@ -293,7 +364,29 @@ def session_document(
         "heads": heads,
         "metric": state.get(METRIC) if isinstance(state.get(METRIC), str) else None,
         "target": state.get(TARGET) if isinstance(state.get(TARGET), str) else None,
+        "layer": layer,
+        "cluster": state.get(CLUSTER) if isinstance(state.get(CLUSTER), str) else None,
+        "score": state.get(SCORE) if isinstance(state.get(SCORE), str) else None,
+        "steps": steps,
+        "delta": state.get(DELTA) if isinstance(state.get(DELTA), str) else None,
+        "match": match,
     }
+
+
+def _or_none(read: Callable[[], object]) -> object:
+    """What `read` returns; None when it refuses its value (InputError)."""
+    try:
+        return read()
+    except InputError:
+        return None
+
+
+def _state_steps(state: Mapping[str, object]) -> tuple[int, ...]:
+    """The steps a state's `steps` value names (its own check; read_session checks
+    them against the series)."""
+    value = state.get(STEPS)
+    items = value.split(",") if isinstance(value, str) else []
+    return tuple(int(item) for item in items if re.fullmatch(r"\s*\d{1,12}\s*", item))
 
 
 def session_json(document: Mapping) -> str:
@@ -357,8 +450,11 @@ def read_session(
 ) -> tuple[str, str | None, dict[str, str]]:
     """(page path, prompt, state) of a session file, checked: JSON of this
     schema and version, saved for `model_name` (another model is refused with
-    its name), a known page, a prompt that is text, gates, heads, metric and
-    target valid for this model. InputError with a clear message otherwise."""
+    its name), a known page, a prompt that is text, gates, heads, metric,
+    target, layer, clustering method, score, steps, delta and matching layer
+    valid here (the last six are optional: files saved before they existed
+    still load).
+    InputError with a clear message otherwise."""
     try:
         document = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -406,6 +502,28 @@ def read_session(
         value = document.get(key)
         if value is not None:
             state[key] = check_choice(value, getattr(choices, key + "s"), name)
+    # Fields added after version 1's first files: absent or null in older ones.
+    for key, name, allowed in (
+        (CLUSTER, "the clustering method", choices.methods),
+        (SCORE, "the score", choices.scores),
+        (DELTA, "the delta", choices.deltas),
+    ):
+        value = document.get(key)
+        if value is not None:
+            state[key] = check_choice(value, allowed, name)
+    for key in (LAYER, MATCH):
+        layer = document.get(key)
+        if layer is not None:
+            if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+                raise InputError(f"the session file's {key!r} must be a layer number")
+            state[key] = canonical(key, str(layer), spec, choices)
+    steps = document.get(STEPS)
+    if steps is not None:
+        if not isinstance(steps, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps
+        ):
+            raise InputError("the session file's 'steps' must be a list of two steps [A, B]")
+        state[STEPS] = canonical(STEPS, ",".join(str(s) for s in steps), spec, choices)
     return page, prompt, state
 
 

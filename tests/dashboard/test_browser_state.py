@@ -213,6 +213,53 @@ def test_importance_pickers_follow_the_url(dash_duo, toy_model):
     assert dash_duo.get_logs() == []
 
 
+def test_clusters_pickers_follow_the_url(dash_duo, toy_model, artifacts):
+    dash_duo.start_server(create_app(model=toy_model))
+    dash_duo.wait_for_page(
+        dash_duo.server_url + f"/clusters?prompt={quote(PROMPT)}&layer=0&cluster=hierarchical"
+    )
+    # the layout's defaults are the last layer and k-means: the URL's values replace them
+    dash_duo.wait_for_contains_text("#clu-layer", "layer 0", timeout=20)
+    until(
+        lambda: dash_duo.find_element("#clu-method input[value=hierarchical]").is_selected(),
+        timeout=20,
+    )
+    assert not dash_duo.find_element("#clu-method input[value=kmeans]").is_selected()
+    idle(dash_duo)
+    shot(dash_duo, artifacts, "clusters_url_state")
+    # choosing another layer puts it in the address bar; the method stays
+    dash_duo.select_dcc_dropdown("#clu-layer", index=1)
+    until(lambda: url_state(dash_duo).get("layer") == ["1"], timeout=20)
+    assert url_state(dash_duo)["cluster"] == ["hierarchical"]
+    assert url_state(dash_duo)["prompt"] == [PROMPT]
+    # and the method too
+    dash_duo.find_element("#clu-method input[value=kmeans]").click()
+    until(lambda: url_state(dash_duo).get("cluster") == ["kmeans"], timeout=20)
+    assert dash_duo.get_logs() == []
+
+
+def test_dynamics_pickers_follow_the_url(dash_duo, toy_model):
+    from headscope.models.checkpoints import load_checkpoints
+
+    steps = load_checkpoints("toy-induction").steps
+    a, b = steps[1], steps[-2]
+    dash_duo.start_server(create_app(model=toy_model))
+    dash_duo.wait_for_page(
+        dash_duo.server_url
+        + f"/dynamics?score=previous_token&steps={a},{b}&delta=importance&match=1"
+    )
+    dash_duo.wait_for_contains_text("#dyn-category", "previous token", timeout=20)
+    dash_duo.wait_for_contains_text("#dyn-a", f"step {a}", timeout=20)
+    dash_duo.wait_for_contains_text("#dyn-b", f"step {b}", timeout=20)
+    dash_duo.wait_for_contains_text("#dyn-key", "importance", timeout=20)
+    dash_duo.wait_for_contains_text("#dyn-layer", "layer 1", timeout=20)
+    # choosing another step A puts it in the address bar
+    dash_duo.select_dcc_dropdown("#dyn-a", index=0)
+    until(lambda: url_state(dash_duo).get("steps") == [f"{steps[0]},{b}"], timeout=20)
+    assert url_state(dash_duo)["score"] == ["previous_token"]
+    assert dash_duo.get_logs() == []
+
+
 def test_a_session_file_restores_the_view(dash_duo, toy_model, tmp_path):
     dash_duo.start_server(create_app(model=toy_model))
     dash_duo.wait_for_page(dash_duo.server_url + "/")

@@ -1,12 +1,14 @@
 """The dashboard's view state: the compact URL encoding of gates and heads,
-metric and target, session files, and the callbacks that move state between
-the URL, the playground and the importance pickers."""
+metric and target, the clusters and dynamics pages' pickers, session files,
+and the callbacks that move state between the URL, the playground and the
+importance, clusters and dynamics pickers."""
 
 from __future__ import annotations
 
 import base64
 import json
 import random
+import re
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -14,10 +16,11 @@ import pytest
 import torch
 from dash import no_update
 
-from headscope.dashboard import importance, playground, routes, shell, state
+from headscope.dashboard import clusters, dynamics, importance, playground, routes, shell, state
 from headscope.dashboard.examples import TOY_PROMPTS
 from headscope.errors import InputError
 from headscope.experiments.attention import gated_run
+from headscope.models.checkpoints import load_checkpoints
 
 CHOICES = state.Choices(("loss", "embedding_cosine"), ("auto", "all", "repeats", "last"))
 
@@ -299,6 +302,159 @@ def test_malformed_session_files_get_a_clear_message(toy_session, contents, reas
     ],
 )
 def test_invalid_session_fields_are_refused(toy_session, change, reason):
+    document = {**state.session_document("toy-induction", "/", "red cat", {}, None), **change}
+    with pytest.raises(InputError, match=reason):
+        shell.load_session(toy_session, upload(json.dumps(document).encode()))
+
+
+# -- the clusters and dynamics pages -------------------------------------------------------------
+
+#: The built-in series, read here (not through the dashboard): its steps and layers.
+SERIES_STEPS = load_checkpoints("toy-induction").steps
+PAGE_VIEW = {
+    "layer": "1",
+    "cluster": "hierarchical",
+    "score": "previous_token",
+    "steps": f"{SERIES_STEPS[1]},{SERIES_STEPS[-1]}",
+    "delta": "importance",
+    "match": "1",
+}
+
+
+def series_layers() -> int:
+    from transformers import AutoConfig
+
+    directory = load_checkpoints("toy-induction").sources[0].directory
+    return int(AutoConfig.from_pretrained(directory).num_hidden_layers)
+
+
+def test_page_state_round_trips_through_the_url(toy_session):
+    choices = shell.state_choices(toy_session)
+    assert choices.steps == SERIES_STEPS and choices.series_layers == series_layers() >= 2
+    search = state.search_with_state("red cat", {**PAGE_VIEW, "metric": "loss"})
+    parsed, problems = state.state_from_search(search, toy_session.spec, choices)
+    assert problems == [] and parsed == {**PAGE_VIEW, "metric": "loss"}
+    # written loosely, read back canonical
+    parsed, problems = state.state_from_search(
+        f"?layer=01&steps=%20{SERIES_STEPS[0]},%20{SERIES_STEPS[2]}%20&match=0",
+        toy_session.spec,
+        choices,
+    )
+    assert problems == []
+    assert parsed == {"layer": "1", "steps": f"{SERIES_STEPS[0]},{SERIES_STEPS[2]}", "match": "0"}
+
+
+@pytest.mark.parametrize(
+    ("search", "reason"),
+    [
+        ("layer=2", r"layer= .*the layer 2 does not exist \(toy-induction has layers 0–1\)"),
+        ("layer=-1", "is not a layer number"),
+        ("layer=1.3", "is not a layer number"),
+        ("layer=", "is not a layer number"),
+        ("cluster=spectral", r"cluster= .*choose from: kmeans, hierarchical"),
+        ("cluster=KMEANS", "choose from: kmeans, hierarchical"),
+        ("score=bogus", r"score= .*the score .*bogus.* is not offered .*induction"),
+        ("steps=0", r"steps= .*not two checkpoint steps A,B"),
+        ("steps=0,400,3000", "not two checkpoint steps A,B"),
+        ("steps=0,x", "not two checkpoint steps A,B"),
+        ("steps=0,7", "no checkpoint at step 7 .*steps: 0, 400"),
+        ("delta=%3Cb%3E", r"delta= .*choose from: importance"),
+        ("match=9", r"match= .*the layer 9 does not exist \(toy-induction has layers"),
+    ],
+)
+def test_bad_page_state_is_refused_with_a_reason(toy_session, search, reason):
+    parsed, problems = state.state_from_search(
+        f"?{search}&cluster=kmeans", toy_session.spec, shell.state_choices(toy_session)
+    )
+    assert len(problems) == 1 and parsed.get("layer") is None
+    assert problems[0].startswith(f"the URL's {search.partition('=')[0]}= value was not applied")
+    assert re.search(reason, problems[0]), problems[0]
+
+
+def test_without_choices_the_page_keys_offer_nothing(toy_model):
+    # Choices of the metrics and targets only (as an older caller builds them)
+    _, problems = state.state_from_search("?cluster=kmeans&steps=0,3000", toy_model.spec, CHOICES)
+    assert len(problems) == 2
+    assert "none without a model" in problems[0] and "steps: none" in problems[1]
+
+
+def test_clusters_pickers_follow_the_view_state(toy_session):
+    view = {"layer": "0", "cluster": "hierarchical", "metric": "loss"}
+    assert clusters.sync_pickers(toy_session, "view-state", view, 1, "kmeans") == (
+        0,
+        "hierarchical",
+        no_update,
+    )
+    assert clusters.sync_pickers(toy_session, "clu-method", view, 1, "kmeans") == (
+        no_update,
+        no_update,
+        {"layer": "1", "cluster": "kmeans"},
+    )
+    # values the page does not offer change nothing, either way
+    bad = {"layer": "5", "cluster": "spectral"}
+    assert clusters.sync_pickers(toy_session, None, bad, None, None) == (no_update,) * 3
+    assert clusters.sync_pickers(toy_session, "clu-layer", None, 5, "x")[2] is no_update
+
+
+def test_dynamics_pickers_follow_the_view_state():
+    a, b = SERIES_STEPS[1], SERIES_STEPS[-2]
+    view = {"score": "previous_token", "steps": f"{a},{b}", "delta": "importance", "match": "1"}
+    assert dynamics.sync_pickers(None, view, "induction", 0, 0, "induction", 0) == (
+        "previous_token",
+        a,
+        b,
+        "importance",
+        1,
+        no_update,
+    )
+    edits = dynamics.sync_pickers("dyn-b", view, "induction", b, a, "induction", 0)
+    assert edits[:5] == (no_update,) * 5
+    assert edits[5] == {
+        "score": "induction",
+        "steps": f"{b},{a}",
+        "delta": "induction",
+        "match": "0",
+    }
+    bad = {"score": "x", "steps": "0,7", "delta": "x", "match": "9"}
+    assert dynamics.sync_pickers("view-state", bad, *(None,) * 5) == (no_update,) * 6
+    assert dynamics.sync_pickers("dyn-a", None, "x", 0, 7, "x", 9)[5] is no_update
+
+
+def test_a_session_file_keeps_the_page_state(toy_session):
+    download = shell.save_session(toy_session, "/dynamics", {"prompt": "red cat"}, PAGE_VIEW)
+    document = json.loads(download["content"])
+    assert document["schema_version"] == state.SESSION_VERSION == 1
+    assert document["layer"] == 1 and document["match"] == 1
+    assert document["steps"] == [SERIES_STEPS[1], SERIES_STEPS[-1]]
+    assert (document["cluster"], document["score"]) == ("hierarchical", "previous_token")
+    href = shell.load_session(toy_session, upload(download["content"].encode()))
+    assert href.startswith("/dynamics?")
+    parsed, problems = state.state_from_search(
+        href.partition("?")[2], toy_session.spec, shell.state_choices(toy_session)
+    )
+    assert problems == [] and {k: parsed[k] for k in PAGE_VIEW} == PAGE_VIEW
+    # a file saved before these fields existed still loads, without them
+    old = {k: v for k, v in document.items() if k not in PAGE_VIEW}
+    href = shell.load_session(toy_session, upload(json.dumps(old).encode()))
+    assert not set(parse_qs(href.partition("?")[2])) & set(PAGE_VIEW)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"layer": "1"}, "'layer' must be a layer number"),
+        ({"layer": True}, "'layer' must be a layer number"),
+        ({"layer": 2}, "layer 2 does not exist"),
+        ({"match": 9}, "layer 9 does not exist"),
+        ({"cluster": "spectral"}, "choose from: kmeans, hierarchical"),
+        ({"steps": [0]}, "not two checkpoint steps"),
+        ({"steps": "0,3000"}, "'steps' must be a list"),
+        ({"steps": [0, 7]}, "no checkpoint at step 7"),
+        ({"score": 3}, "not offered"),
+        ({"delta": "x"}, "not offered"),
+    ],
+)
+def test_invalid_page_state_in_a_session_file_is_refused(toy_session, change, reason):
     document = {**state.session_document("toy-induction", "/", "red cat", {}, None), **change}
     with pytest.raises(InputError, match=reason):
         shell.load_session(toy_session, upload(json.dumps(document).encode()))
