@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dash import Input, Output
 from dash.background_callback import DiskcacheManager
 
 from headscope.dashboard.session import ModelSession
@@ -38,6 +39,38 @@ POLL_INTERVAL_MS = 300
 PARENT_CHECK_S = 1.0
 
 _ON_DEATH = "_headscope_on_death"
+
+
+def job_options(
+    prefix: str,
+    manager: Any,
+    *,
+    run_button: bool = True,
+    prevent_initial_call: bool | str = True,
+) -> dict[str, Any]:
+    """The keyword arguments of a background callback whose progress block is
+    `components.progress_block(prefix)`: progress into `<prefix>-progress` and its
+    label, the block shown and `<prefix>-cancel` enabled while it runs (and
+    `<prefix>-run` disabled, with `run_button`), cancelled by `<prefix>-cancel`."""
+    running: list[tuple[Output, Any, Any]] = [
+        (Output(f"{prefix}-progress-block", "style"), {"display": "flex"}, {"display": "none"})
+    ]
+    if run_button:
+        running.append((Output(f"{prefix}-run", "disabled"), True, False))
+    running.append((Output(f"{prefix}-cancel", "disabled"), False, True))
+    return {
+        "background": True,
+        "manager": manager,
+        "interval": POLL_INTERVAL_MS,
+        "progress": [
+            Output(f"{prefix}-progress", "value"),
+            Output(f"{prefix}-progress", "max"),
+            Output(f"{prefix}-progress-label", "children"),
+        ],
+        "running": running,
+        "cancel": [Input(f"{prefix}-cancel", "n_clicks")],
+        "prevent_initial_call": prevent_initial_call,
+    }
 
 
 def on_death(fallback: Callable[[str], Sequence[Any]], what: str):

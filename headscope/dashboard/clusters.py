@@ -21,7 +21,7 @@ import torch
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from headscope.analyses.clustering import CLUSTER_METHODS, LayerClusters
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import (
     card,
     graph,
@@ -484,21 +484,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("clu-mode", "value"),
         State("clu-metric", "value"),
         State("clu-target", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("clu-progress", "value"),
-            Output("clu-progress", "max"),
-            Output("clu-progress-label", "children"),
-        ],
-        running=[
-            (Output("clu-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("clu-run", "disabled"), True, False),
-            (Output("clu-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("clu-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("clu", manager),
     )
     @on_death(_failed, "the clustering job")
     def _clusters(set_progress, _clicks, prompts, method, k, mode, metric, target):

@@ -17,7 +17,7 @@ from dash import ALL, Dash, Input, Output, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from headscope.dashboard.components import card, graph, page_header, stats_table, token_chips
-from headscope.dashboard.inputs import as_int, check_index, check_number, choice
+from headscope.dashboard.inputs import check_index, check_number, choice, clicked_index
 from headscope.dashboard.messages import alert, guarded
 from headscope.dashboard.session import ModelSession
 from headscope.errors import InputError
@@ -352,11 +352,8 @@ def register(app: Dash, session: ModelSession) -> None:
     )
     @guarded(lambda message: no_update, "picking the position")
     def _pick(clicks):
-        trigger = ctx.triggered_id
-        if not isinstance(trigger, dict) or not isinstance(clicks, list) or not any(clicks):
-            raise PreventUpdate
-        index = as_int(trigger.get("index"))
-        if index is None or not 0 <= index < MAX_TOKENS_SHOWN:
+        index = clicked_index(ctx.triggered_id, clicks, MAX_TOKENS_SHOWN)
+        if index is None:
             raise PreventUpdate
         return index
 

@@ -23,7 +23,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from headscope.analyses.diffing import AMBIGUOUS_MARGIN, ModelDiff
 from headscope.analyses.dynamics import TrainingDynamics, phase_change
 from headscope.analyses.uncertainty import Interval
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import (
     card,
     graph,
@@ -611,21 +611,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("dyn-series", "value"),
         State("dyn-prompts", "value"),
         State("dyn-category", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("dyn-progress", "value"),
-            Output("dyn-progress", "max"),
-            Output("dyn-progress-label", "children"),
-        ],
-        running=[
-            (Output("dyn-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("dyn-run", "disabled"), True, False),
-            (Output("dyn-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("dyn-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("dyn", manager),
     )
     @on_death(_failed, "the dynamics job")
     def _dynamics(set_progress, _clicks, series, prompts, category):
@@ -646,21 +632,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("dyn-prompts", "value"),
         State("dyn-a", "value"),
         State("dyn-b", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("dyn-diff-progress", "value"),
-            Output("dyn-diff-progress", "max"),
-            Output("dyn-diff-progress-label", "children"),
-        ],
-        running=[
-            (Output("dyn-diff-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("dyn-diff-run", "disabled"), True, False),
-            (Output("dyn-diff-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("dyn-diff-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("dyn-diff", manager),
     )
     @on_death(_diff_failed, "the diff job")
     def _diff(set_progress, _clicks, series, prompts, step_a, step_b):

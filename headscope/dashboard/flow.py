@@ -16,9 +16,9 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from headscope.dashboard import results
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block, token_chips
-from headscope.dashboard.inputs import as_int, check_head, check_index, choice
+from headscope.dashboard.inputs import check_head, check_index, choice, clicked_index
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
 from headscope.errors import InputError
@@ -318,11 +318,8 @@ def register(app: Dash, session: ModelSession, manager) -> None:
     )
     @guarded(lambda message: no_update, "picking the query token")
     def _pick(clicks):
-        trigger = ctx.triggered_id
-        if not isinstance(trigger, dict) or not isinstance(clicks, list) or not any(clicks):
-            raise PreventUpdate
-        index = as_int(trigger.get("index"))
-        if index is None or not 0 <= index < MAX_TOKENS_SHOWN:
+        index = clicked_index(ctx.triggered_id, clicks, MAX_TOKENS_SHOWN)
+        if index is None:
             raise PreventUpdate
         return index
 
@@ -335,20 +332,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         Input("flow-residual", "value"),
         Input("flow-layer", "value"),
         Input("flow-head", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("flow-progress", "value"),
-            Output("flow-progress", "max"),
-            Output("flow-progress-label", "children"),
-        ],
-        running=[
-            (Output("flow-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("flow-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("flow-cancel", "n_clicks")],
-        prevent_initial_call=False,
+        **job_options("flow", manager, run_button=False, prevent_initial_call=False),
     )
     @on_death(_flow_failed, "the flow job")
     def _flow(set_progress, store, query, residual, layer, head):

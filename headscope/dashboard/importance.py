@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from headscope.analyses.uncertainty import bootstrap_interval
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block, prompt_set_box
 from headscope.dashboard.examples import prompt_set
 from headscope.dashboard.inputs import choice, prompt_lines
@@ -418,21 +418,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("imp-steps", "value"),
         State("imp-metric", "value"),
         State("imp-target", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("imp-progress", "value"),
-            Output("imp-progress", "max"),
-            Output("imp-progress-label", "children"),
-        ],
-        running=[
-            (Output("imp-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("imp-run", "disabled"), True, False),
-            (Output("imp-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("imp-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("imp", manager),
     )
     @on_death(_failed, "the importance job")
     def _importance(

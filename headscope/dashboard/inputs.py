@@ -148,3 +148,14 @@ def prompt_lines(text: object, *, limit: int = 32) -> list[str]:
     if len(lines) > limit:
         raise InputError(f"the prompt set has {len(lines)} prompts; the dashboard takes {limit}")
     return lines
+
+
+def clicked_index(trigger: object, clicks: object, limit: int) -> int | None:
+    """The index of the token chip whose click fired a pattern-matching callback
+    (`trigger`: `ctx.triggered_id`, `{"type": ..., "index": i}`; `clicks`: the
+    chips' n_clicks), or None when nothing was clicked or the index is not one
+    of the `limit` chips shown."""
+    if not isinstance(trigger, dict) or not isinstance(clicks, list) or not any(clicks):
+        return None
+    index = as_int(trigger.get("index"))
+    return index if index is not None and 0 <= index < limit else None

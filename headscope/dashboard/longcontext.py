@@ -34,7 +34,7 @@ import numpy as np
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.cache import LRUCache
 from headscope.dashboard.components import card, graph, page_header, progress_block
 from headscope.dashboard.inputs import as_int, check_head, choice, shown
@@ -809,21 +809,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("lc-map-heads", "value"),
         State("lc-topk", "value"),
         State("lc-head", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("lc-progress", "value"),
-            Output("lc-progress", "max"),
-            Output("lc-progress-label", "children"),
-        ],
-        running=[
-            (Output("lc-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("lc-run", "disabled"), True, False),
-            (Output("lc-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("lc-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("lc", manager),
     )
     @on_death(_failed_job, "the long-context capture")
     def _run(set_progress, _clicks, text, map_heads, top_k, head):

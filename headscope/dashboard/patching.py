@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block, token_chips
 from headscope.dashboard.importance import TARGET, TARGET_CHOICES, metric_choices, metric_for
 from headscope.dashboard.inputs import as_int, choice
@@ -540,21 +540,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("patch-rows", "value"),
         State("patch-position-method", "value"),
         State("patch-pairs", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("patch-progress", "value"),
-            Output("patch-progress", "max"),
-            Output("patch-progress-label", "children"),
-        ],
-        running=[
-            (Output("patch-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("patch-run", "disabled"), True, False),
-            (Output("patch-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("patch-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("patch", manager),
     )
     @on_death(_failed, "the patching job")
     def _patching(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from dash import Dash, Input, Output, State, dcc, html
 
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block, table_panel
 from headscope.dashboard.inputs import check_number
 from headscope.dashboard.messages import alert, describe
@@ -263,21 +263,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         State("ret-source", "value"),
         State("ret-sink", "value"),
         State("ret-window", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("ret-progress", "value"),
-            Output("ret-progress", "max"),
-            Output("ret-progress-label", "children"),
-        ],
-        running=[
-            (Output("ret-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("ret-run", "disabled"), True, False),
-            (Output("ret-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("ret-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("ret", manager),
     )
     @on_death(_failed, "the retrieval job")
     def _study(set_progress, _clicks, prompts, source, sink, window):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, dcc, html
 
 from headscope.dashboard import results
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block
 from headscope.dashboard.inputs import check_head, choice
 from headscope.dashboard.messages import alert, describe, guarded
@@ -266,20 +266,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         Output("spec-composition", "figure"),
         Output("spec-message", "children", allow_duplicate=True),
         Input("spec-kind", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("spec-progress", "value"),
-            Output("spec-progress", "max"),
-            Output("spec-progress-label", "children"),
-        ],
-        running=[
-            (Output("spec-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("spec-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("spec-cancel", "n_clicks")],
-        prevent_initial_call="initial_duplicate",
+        **job_options("spec", manager, run_button=False, prevent_initial_call="initial_duplicate"),
     )
     @on_death(_composition_failed, "the composition job")
     def _composition(set_progress, kind):

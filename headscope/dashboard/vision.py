@@ -37,7 +37,7 @@ from headscope.analyses.vision import (
     region_share,
 )
 from headscope.dashboard import routes
-from headscope.dashboard.background import POLL_INTERVAL_MS, on_death
+from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block, stats_table
 from headscope.dashboard.images import MAX_UPLOAD_BYTES, from_store, read_upload, to_store
 from headscope.dashboard.inputs import as_int, choice
@@ -744,20 +744,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         Output("vis-flow", "figure"),
         Output("vis-flow-note", "children"),
         Input("vis-image", "data"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("vis-flow-progress", "value"),
-            Output("vis-flow-progress", "max"),
-            Output("vis-flow-progress-label", "children"),
-        ],
-        running=[
-            (Output("vis-flow-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("vis-flow-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("vis-flow-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("vis-flow", manager, run_button=False),
     )
     @on_death(lambda m: (_blank(m), m), "the flow job")
     def _flow(set_progress, store):
@@ -777,21 +764,7 @@ def register(app: Dash, session: ModelSession, manager) -> None:
         Input("vis-imp-run", "n_clicks"),
         State("vis-imp-metric", "value"),
         State("vis-imp-count", "value"),
-        background=True,
-        manager=manager,
-        interval=POLL_INTERVAL_MS,
-        progress=[
-            Output("vis-imp-progress", "value"),
-            Output("vis-imp-progress", "max"),
-            Output("vis-imp-progress-label", "children"),
-        ],
-        running=[
-            (Output("vis-imp-progress-block", "style"), {"display": "flex"}, {"display": "none"}),
-            (Output("vis-imp-run", "disabled"), True, False),
-            (Output("vis-imp-cancel", "disabled"), False, True),
-        ],
-        cancel=[Input("vis-imp-cancel", "n_clicks")],
-        prevent_initial_call=True,
+        **job_options("vis-imp", manager),
     )
     @on_death(lambda m: (_blank(m), _blank(m), alert(m)), "the importance job")
     def _importance(set_progress, _clicks, metric, count):

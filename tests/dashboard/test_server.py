@@ -11,13 +11,16 @@ from dash import no_update
 
 from headscope.dashboard import routes, shell
 from headscope.dashboard.app import create_app, run_dashboard
+from headscope.dashboard.background import job_options
 from headscope.dashboard.cache import LRUCache
+from headscope.dashboard.components import progress_block
 from headscope.dashboard.inputs import (
     check_gates,
     check_head,
     check_index,
     choice,
     clicked_head,
+    clicked_index,
     prompt_lines,
 )
 from headscope.dashboard.session import ModelSession, check_prompt_text
@@ -72,6 +75,31 @@ def test_clicked_head_reads_customdata_or_axes_and_validates(toy_model):
     assert clicked_head({"points": [{"x": 30, "y": 0}]}, spec) is None
     assert clicked_head({"points": []}, spec) is None
     assert clicked_head("junk", spec) is None
+
+
+def test_clicked_index_takes_only_a_shown_chip():
+    assert clicked_index({"type": "flow-token", "index": 3}, [0, 0, 0, 1], 10) == 3
+    assert clicked_index({"type": "flow-token", "index": 3}, [0, 0, 0, 0], 10) is None  # no click
+    assert clicked_index({"type": "flow-token", "index": 12}, [1], 10) is None  # not shown
+    assert clicked_index({"type": "flow-token", "index": -1}, [1], 10) is None
+    assert clicked_index({"type": "flow-token", "index": "2"}, [1], 10) == 2
+    assert clicked_index({"type": "flow-token", "index": True}, [1], 10) is None
+    assert clicked_index("flow-token", [1], 10) is None
+    assert clicked_index({"type": "flow-token", "index": 1}, None, 10) is None
+
+
+def test_background_jobs_name_their_progress_block():
+    options = job_options("imp", manager=None)
+    ids = [output.component_id for output in options["progress"]]
+    assert ids == ["imp-progress", "imp-progress", "imp-progress-label"]
+    running = [entry[0].component_id for entry in options["running"]]
+    assert running == ["imp-progress-block", "imp-run", "imp-cancel"]
+    block = progress_block("imp")  # the ids the options name exist in the block
+    shown = {block.id, *(child.id for child in block.children)}
+    assert set(ids) | {"imp-progress-block", "imp-cancel"} <= shown
+    quiet = job_options("flow", manager=None, run_button=False, prevent_initial_call=False)
+    assert [e[0].component_id for e in quiet["running"]] == ["flow-progress-block", "flow-cancel"]
+    assert quiet["prevent_initial_call"] is False and quiet["background"] is True
 
 
 def test_whitelists_and_gates(toy_model):
