@@ -25,14 +25,13 @@ forked worker shares the parent's arrays copy-on-write).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import multiprocessing
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -45,6 +44,7 @@ from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from headscope.analyses.checks import check_pattern
 from headscope.errors import InputError
+from headscope.solvers import pushrelabel
 
 __all__ = ["FlowSolveStats", "PairwiseFlow", "pairwise_max_flow"]
 
@@ -60,18 +60,17 @@ _CERTIFY_TOL = 1e-12
 # Edges per scipy call: large enough to amortize Python overhead, small enough that the
 # slowest component does not hold up many others (Dinic's phases are shared by the batch).
 _EDGE_BUDGET = 300_000
-_TOP_K = 2
-# A second, wider ladder (top-max(8, N/8)) for inputs where the first certifies little (real
-# attention maps). MiniLM at N = 64, one process: 37-39 s with k = 8, 43-48 s with 16, 53 s
-# with 4, 74 s without (docs/benchmarks.md).
-_WIDE_K_MIN = 8
 # The shared certificate runs on the top-k edges per row and column (a subgraph: its flows
 # are still lower bounds), which is enough for dense attention and many times faster.
 _SHARED_K = 16
 # Below this many L·N³ operations forking workers costs more than it saves.
 _PARALLEL_WORK = 4_000_000
-# ... unless a per-pair stage is left with this many edges (real maps: about 1 s of work).
+# ... but push-relabel (threads, nothing forked) uses them once its pairs hold this many
+# edges in all (pairs · L·N²; real maps: about 0.1 s of work).
 _PARALLEL_EDGES = 2_000_000
+# Push-relabel chunks per thread: enough to balance uneven pairs, few enough that each chunk's
+# two [L, N, N] flow arrays are reused over many pairs.
+_CHUNKS_PER_THREAD = 4
 _DEFAULT_WORKERS = 2
 
 _Edges = tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -84,19 +83,20 @@ _Edges = tuple[tuple[np.ndarray, np.ndarray], ...]
 class FlowSolveStats:
     """How one :func:`pairwise_max_flow` call solved its N² pairs, and the seconds per stage.
 
-    The counts partition the pairs: ``closed_form + unreachable + shared + ladder + full ==
-    N²``. ``closed_form``: one or two layers (every pair from a formula); ``unreachable``: no
-    path, flow 0; ``shared``, ``ladder``, ``full``: stages 2–4 of :func:`pairwise_max_flow`.
-    ``workers``: the processes the stages could use (1 = in-process).
+    The counts partition the pairs: ``closed_form + unreachable + shared + push_relabel +
+    full == N²``. ``closed_form``: one or two layers (every pair from a formula);
+    ``unreachable``: no path, flow 0; ``shared``, ``push_relabel``, ``full``: stages 2–4 of
+    :func:`pairwise_max_flow`. ``workers``: the processes (stages 2 and 4) or threads
+    (stage 3) the stages could use (1 = in the calling thread).
     """
 
     closed_form: int = 0
     unreachable: int = 0
     shared: int = 0
-    ladder: int = 0
+    push_relabel: int = 0
     full: int = 0
     shared_seconds: float = 0.0
-    ladder_seconds: float = 0.0
+    push_relabel_seconds: float = 0.0
     full_seconds: float = 0.0
     workers: int = 1
 
@@ -139,23 +139,25 @@ def pairwise_max_flow(
        max-flows run on the top-k edges per row and column (k = 16, doubled until a few
        probe pairs certify): a subgraph's flow is still a lower bound. Dense attention
        is solved entirely here, with O(N) max-flows instead of N².
-    3. Ladder: a max-flow on an O(L·N) subgraph per pair (edges out of i, into j, the
-       diagonal, top-2 per row and column) gives a lower bound; the pair is solved when it
-       meets the cut bound or the full-graph capacity of the subgraph's min cut. Where it
-       certifies fewer than half its pairs (real attention maps, whose flow runs through
-       many small edges; N >= 48), the rest try a wider ladder (top-max(8, N/8)) the same
-       way.
-    4. The pairs left get a max-flow on their full pruned graph.
+    3. Push-relabel per pair on the dense graph (``headscope.solvers.pushrelabel``,
+       compiled): highest-label, exact initial labels, gap heuristic. It returns a feasible
+       flow and the capacity of a cut; the pair is solved when they agree to 1e-12
+       (measured gap on MiniLM maps: below 5e-15). Real attention maps land here: their
+       flow runs through thousands of small edges, one augmenting path each for Dinic but
+       one scan per node for push-relabel (docs/methods.md §1.2).
+    4. A pair stage 3 could not certify (its relabel budget ran out, or the gap exceeded
+       1e-12; no input measured so far) gets scipy's max-flow on its full pruned graph.
 
-    Every max-flow is exact in float64 (see ``_exact_max_flow``: scipy's integer Dinic plus
-    residual refinement, stopped when a flow and a cut agree to 1e-13); many small networks
-    are solved in one call as disjoint components. Worst case O(N²) max-flows on
-    O(L·N²)-edge graphs; typical dense inputs need O(N). Memory: see the module docstring.
+    Stages 2 and 4 are exact in float64 (see ``_exact_max_flow``: scipy's integer Dinic
+    plus residual refinement, stopped when a flow and a cut agree to 1e-13), many small
+    networks solved in one call as disjoint components. Worst case O(N²) max-flows on
+    O(L·N²)-edge graphs; dense synthetic inputs need O(N). Memory: see the module docstring.
 
-    ``workers``: processes for the independent max-flows of stages 2–4 (fork; ``None`` uses
-    up to 2 when ``L·N³ >= 4e6``, and for stages 3–4 also when their pairs hold ``>= 2e6``
-    edges in all, as on real maps; 1 means in-process; 1 wherever fork is unavailable). The
-    pool is shut down before the call returns or raises, so no worker outlives it. Raises
+    ``workers``: processes for the max-flows of stages 2 and 4 (fork; 1 wherever fork is
+    unavailable) and threads for stage 3. ``None`` uses up to 2 when ``L·N³ >= 4e6``, and
+    threads for stage 3 also when its pairs hold ``>= 2e6`` edges in all; 1 means the
+    calling thread. The pool is shut down, and the threads joined, before the call returns
+    or raises, so no worker outlives it. Raises
     :class:`~headscope.errors.InputError` for a bad ``ahat`` or ``workers < 1``.
     """
     capacities = _checked_capacities(ahat)
@@ -335,7 +337,6 @@ class _Network:
     down: Bool[np.ndarray, "node_layer output token"]  # output i reaches node (l, k)
     up: Bool[np.ndarray, "node_layer token input"]  # node (l, k) reaches input j
     bound: Float[np.ndarray, "query key"]  # min of the source and sink cuts
-    ladder_edges: _Edges  # top-_TOP_K edges per row and column, per layer
 
 
 @dataclass(frozen=True, eq=False)
@@ -547,15 +548,10 @@ def _concat(*parts: list[np.ndarray]) -> tuple[np.ndarray, ...]:
 
 
 def _pair_edges(
-    network: _Network, queries: np.ndarray, keys: np.ndarray, sparse: bool
+    network: _Network, queries: np.ndarray, keys: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Edges of the (pruned) flow network of each pair, numbered per component.
-
-    ``sparse=False``: every edge between nodes that lie on some path from (L, i) to (0, j).
-    ``sparse=True``: only a subgraph (the "ladder"): all source and sink edges, and in the
-    middle layers the edges out of token i, into token j, the diagonal (residual) edges and
-    the top-k edges of every row and column. Its max-flow is a lower bound.
-    """
+    """Edges of the pruned flow network of each pair (every edge between nodes that lie on
+    some path from (L, i) to (0, j)), numbered per component."""
     ahat, down, up = network.ahat, network.down, network.up
     n_layers, n, _ = ahat.shape
     count = len(queries)
@@ -563,33 +559,10 @@ def _pair_edges(
     relevant = down[:, queries, :].transpose(1, 0, 2) & up[:, :, keys].transpose(2, 0, 1)
     base = np.arange(count) * per
     us, vs, cs, bs = [], [], [], []
-    tokens = np.arange(n)
     for layer in range(1, n_layers + 1):
         matrix = ahat[layer - 1]
-        if not sparse:
-            mask = relevant[:, layer, :, None] & relevant[:, layer - 1, None, :] & (matrix > 0)
-            p, a, b = np.nonzero(mask)
-        elif layer in (1, n_layers):  # every source edge (out of i) or sink edge (into j)
-            p = np.repeat(np.arange(count), n)
-            tt = np.tile(tokens, count)
-            a, b = (queries[p], tt) if layer == n_layers else (tt, keys[p])
-            ok = relevant[p, layer, a] & relevant[p, layer - 1, b] & (matrix[a, b] > 0)
-            p, a, b = p[ok], a[ok], b[ok]
-        else:
-            qi, kj = np.repeat(queries, n), np.repeat(keys, n)
-            pp = np.repeat(np.arange(count), n)
-            tt = np.tile(tokens, count)
-            top_a, top_b = network.ladder_edges[layer]
-            tp = np.repeat(np.arange(count), len(top_a))
-            ta, tb = np.tile(top_a, count), np.tile(top_b, count)
-            keep_col = tt != qi
-            keep_diag = (tt != qi) & (tt != kj)
-            keep_top = (ta != queries[tp]) & (tb != keys[tp])
-            p = np.concatenate([pp, pp[keep_col], pp[keep_diag], tp[keep_top]])
-            a = np.concatenate([qi, tt[keep_col], tt[keep_diag], ta[keep_top]])
-            b = np.concatenate([tt, kj[keep_col], tt[keep_diag], tb[keep_top]])
-            ok = relevant[p, layer, a] & relevant[p, layer - 1, b] & (matrix[a, b] > 0)
-            p, a, b = p[ok], a[ok], b[ok]
+        mask = relevant[:, layer, :, None] & relevant[:, layer - 1, None, :] & (matrix > 0)
+        p, a, b = np.nonzero(mask)
         us.append(base[p] + layer * n + a)
         vs.append(base[p] + (layer - 1) * n + b)
         cs.append(matrix[a, b])
@@ -598,32 +571,16 @@ def _pair_edges(
     return u, v, c, comp.astype(np.int64), per
 
 
-def _pairs_job(network: _Network, job: tuple[np.ndarray, np.ndarray, bool]) -> np.ndarray:
-    """Max-flow of each pair: on the ladder subgraph (certified against a full-graph cut,
-    NaN where that fails) or on the full pruned graph."""
-    queries, keys, sparse = job
-    ahat, up = network.ahat, network.up
-    n_layers, n, _ = ahat.shape
-    u, v, c, comp, per = _pair_edges(network, queries, keys, sparse)
-    count = len(queries)
-    base = np.arange(count) * per
-    lower, upper, side = _exact_max_flow(
-        count * per, per, u, v, c, comp, base + n_layers * n + queries, base + keys
+def _pairs_job(network: _Network, job: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Max-flow of each pair on its full pruned graph (the min-cut capacity, within 1e-13)."""
+    queries, keys = job
+    n_layers, n = network.ahat.shape[0], network.ahat.shape[1]
+    u, v, c, comp, per = _pair_edges(network, queries, keys)
+    base = np.arange(len(queries)) * per
+    _, upper, _ = _exact_max_flow(
+        len(queries) * per, per, u, v, c, comp, base + n_layers * n + queries, base + keys
     )
-    if not sparse:
-        return upper
-    result = np.full(count, np.nan)
-    bound = network.bound[queries, keys]
-    simple = lower >= bound - _CERTIFY_TOL
-    result[simple] = bound[simple]
-    rest = np.nonzero(~simple)[0]
-    if len(rest):
-        side = side.reshape(count, n_layers + 1, n)[rest]
-        no_sink = ~up[:, :, keys[rest]].transpose(2, 0, 1)
-        cut = _full_cut_capacity(ahat, side | no_sink)
-        ok = lower[rest] >= cut - _CERTIFY_TOL
-        result[rest[ok]] = cut[ok]
-    return result
+    return upper
 
 
 def _full_cut_capacity(ahat: np.ndarray, source_side: np.ndarray) -> np.ndarray:
@@ -649,8 +606,8 @@ def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def _pair_jobs(
-    queries: np.ndarray, keys: np.ndarray, per_pair: np.ndarray, sparse: bool, workers: int
-) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    queries: np.ndarray, keys: np.ndarray, per_pair: np.ndarray, workers: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split pairs into jobs of about ``_EDGE_BUDGET`` edges, at least ``2·workers`` jobs."""
     total = float(per_pair.sum())
     budget = min(_EDGE_BUDGET, max(1.0, total / max(2 * workers, 1)))
@@ -658,11 +615,32 @@ def _pair_jobs(
     for index, edges in enumerate(per_pair):
         acc += edges
         if acc >= budget:
-            jobs.append((queries[start : index + 1], keys[start : index + 1], sparse))
+            jobs.append((queries[start : index + 1], keys[start : index + 1]))
             start, acc = index + 1, 0.0
     if start < len(queries):
-        jobs.append((queries[start:], keys[start:], sparse))
+        jobs.append((queries[start:], keys[start:]))
     return jobs
+
+
+def _push_relabel(
+    ahat: np.ndarray, queries: np.ndarray, keys: np.ndarray, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flow value and certifying cut capacity of each pair from the compiled push-relabel
+    kernel, over ``threads`` threads (it releases the GIL). NaN where its budget ran out."""
+    if not len(queries):
+        return np.empty(0), np.empty(0)
+    pieces = min(len(queries), threads * _CHUNKS_PER_THREAD)
+    chunks = np.array_split(np.arange(len(queries)), pieces)
+
+    def solve(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return pushrelabel.pair_flows(ahat, queries[chunk], keys[chunk])
+
+    if threads <= 1:
+        results = [solve(chunk) for chunk in chunks]
+    else:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="headscope-flow") as pool:
+            results = list(pool.map(solve, chunks))
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
 def _layered_flow(
@@ -670,9 +648,9 @@ def _layered_flow(
 ) -> tuple[np.ndarray, FlowSolveStats]:
     """Raw max-flow for every (output, input) pair of a network with three or more layers.
 
-    ``automatic`` (the caller passed ``workers=None``): a per-pair stage whose pairs hold at
-    least ``_PARALLEL_EDGES`` edges in all also forks workers, whatever N: on real maps few
-    pairs are certified cheaply and the rest cost far more than the ``L·N³`` rule assumes."""
+    ``automatic`` (the caller passed ``workers=None``): push-relabel also uses threads once
+    its pairs hold at least ``_PARALLEL_EDGES`` edges in all, whatever N: on real maps the
+    shared certificate solves nothing and every pair lands there."""
     n_layers, n = ahat.shape[0], ahat.shape[1]
     down, up = _reachability(ahat)
     reach = down[0]
@@ -681,7 +659,7 @@ def _layered_flow(
     bound = np.where(reach, np.minimum(bound_src, bound_snk), 0.0)
     raw = np.where(reach, np.nan, 0.0)
     unreachable = int((~reach).sum())
-    network = _Network(ahat, down, up, bound, _top_k_edges(ahat, _TOP_K, False))
+    network = _Network(ahat, down, up, bound)
     down_count, up_count = down.sum(axis=2), up.sum(axis=1)
 
     start = time.perf_counter()
@@ -691,50 +669,38 @@ def _layered_flow(
     shared = int((~np.isnan(raw)).sum()) - unreachable
     shared_seconds = time.perf_counter() - start
 
-    solved_by = {"ladder": 0, "full": 0}
-    seconds = {"ladder": 0.0, "full": 0.0}
-    used = workers
-    wide_k = max(_WIDE_K_MIN, n // 8)
-    for stage, k in (("ladder", _TOP_K), ("ladder", wide_k), ("full", 0)):
-        start = time.perf_counter()
-        queries, keys = np.nonzero(np.isnan(raw))
-        stage_network = network
-        if stage == "ladder" and k != _TOP_K:
-            # the wide ladder (real maps: flow carried by many small edges) only where the
-            # narrow one certified less than half its pairs and is much sparser than the graph
-            tried = solved_by["ladder"] + len(queries)
-            if n < 6 * k or not tried or solved_by["ladder"] >= tried / 2:
-                continue
-            stage_network = dataclasses.replace(network, ladder_edges=_top_k_edges(ahat, k, False))
+    start = time.perf_counter()
+    queries, keys = np.nonzero(np.isnan(raw))
+    threads = workers
+    if automatic and workers == 1 and len(queries) * n_layers * n * n >= _PARALLEL_EDGES:
+        threads = _resolve_workers(None, 1, 1 << 20)  # as many as a large input
+    value, cut = _push_relabel(ahat, queries, keys, threads)
+    certified = np.isfinite(value) & (cut - value <= _CERTIFY_TOL)
+    raw[queries[certified], keys[certified]] = np.clip(
+        value[certified], 0.0, bound[queries[certified], keys[certified]]
+    )
+    push_relabel = int(certified.sum())
+    push_relabel_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    queries, keys = queries[~certified], keys[~certified]
+    if len(queries):  # a pair push-relabel could not certify (none measured): scipy
         counts = np.minimum(down_count[:, queries], up_count[:, keys]).astype(np.float64)
-        if stage == "ladder":
-            per_pair = (5.0 if k == _TOP_K else 3.0 + 2.0 * k) * counts.sum(axis=0) + 1
-        else:
-            per_pair = (counts[1:] * counts[:-1]).sum(axis=0) + 1
-        stage_workers = workers
-        if automatic and workers == 1 and float(per_pair.sum()) >= _PARALLEL_EDGES:
-            stage_workers = _resolve_workers(None, 1, 1 << 20)  # as many as a large input
-        used = max(used, stage_workers)
-        jobs = _pair_jobs(queries, keys, per_pair, stage == "ladder", stage_workers)
-        values = (
-            np.concatenate(_run(_pairs_job, stage_network, jobs, stage_workers))
-            if jobs
-            else np.empty(0)
-        )
-        raw[queries, keys] = values
-        solved_by[stage] += int((~np.isnan(values)).sum())
-        seconds[stage] += time.perf_counter() - start
+        per_pair = (counts[1:] * counts[:-1]).sum(axis=0) + 1
+        jobs = _pair_jobs(queries, keys, per_pair, workers)
+        raw[queries, keys] = np.concatenate(_run(_pairs_job, network, jobs, workers))
+    full_seconds = time.perf_counter() - start
     if np.isnan(raw).any():  # pragma: no cover - the full-graph stage always certifies
         raise RuntimeError("attention_flow: some pairs were not solved")
     stats = FlowSolveStats(
         unreachable=unreachable,
         shared=shared,
-        ladder=solved_by["ladder"],
-        full=solved_by["full"],
+        push_relabel=push_relabel,
+        full=len(queries),
         shared_seconds=shared_seconds,
-        ladder_seconds=seconds["ladder"],
-        full_seconds=seconds["full"],
-        workers=used,
+        push_relabel_seconds=push_relabel_seconds,
+        full_seconds=full_seconds,
+        workers=max(workers, threads),
     )
     return raw, stats
 

@@ -30,12 +30,11 @@ MAX_PROMPT_CHARS = 20_000
 DEFAULT_MAX_TOKENS = 512
 #: Longest prompt (tokens) the Flow page solves attention flow for exactly, for models
 #: with three or more layers (one or two layers have a closed form, any length). Exact
-#: flow on dense attention grows faster than N^3. Measured on minilm (6 layers, dense
-#: maps, this project's 2-core machine): 1.9 / 3.8 / 7.0 s at 32 / 40 / 48 tokens when
-#: idle (4.4 s at 40 with the content-free baseline's flow), 7 / 12-15 / 25-40 s under a
-#: load of 7; the issue measured 28 s at 64 and over 120 s at 128 tokens, and 512 would
-#: take hours. 40 is the largest N that stays near 5 s on an idle machine.
-DEFAULT_MAX_FLOW_TOKENS = 40
+#: flow costs N² push-relabel max-flows of O(L·N²) edges each, so it grows like N⁴.
+#: Measured on minilm (6 layers, real maps, this project's 2-core machine, idle):
+#: 1.1 / 2.0 / 3.3 / 5.5-7.3 s at 64 / 80 / 96 / 128 tokens (docs/benchmarks.md); the
+#: page also solves the content-free baseline's flow, so 80 tokens stays near 4 s.
+DEFAULT_MAX_FLOW_TOKENS = 80
 
 
 class _ModelResults:

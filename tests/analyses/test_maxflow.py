@@ -73,10 +73,16 @@ def test_stats_partition_the_pairs(n_layers: int, kind: str) -> None:
         ahat = random_capacities(np.random.default_rng(seed), n_layers, n, kind)
         stats = pairwise_max_flow(ahat, workers=1).stats
         assert isinstance(stats, FlowSolveStats)
-        counts = [stats.closed_form, stats.unreachable, stats.shared, stats.ladder, stats.full]
+        counts = [
+            stats.closed_form,
+            stats.unreachable,
+            stats.shared,
+            stats.push_relabel,
+            stats.full,
+        ]
         assert sum(counts) == n * n
         assert (stats.closed_form == n * n) == (n_layers <= 2)
-        assert min(stats.shared_seconds, stats.ladder_seconds, stats.full_seconds) >= 0
+        assert min(stats.shared_seconds, stats.push_relabel_seconds, stats.full_seconds) >= 0
 
 
 def test_causal_stats_count_the_pairs_without_a_path() -> None:
@@ -154,7 +160,7 @@ def test_calls_leave_no_state_in_the_calling_process() -> None:
     assert after == before
     assert maxflow._worker_context is None  # only the pool's workers set it
     np.testing.assert_array_equal(two.values, one.values)
-    assert (two.stats.ladder, two.stats.full) == (one.stats.ladder, one.stats.full)
+    assert (two.stats.push_relabel, two.stats.full) == (one.stats.push_relabel, one.stats.full)
     assert (one.stats.workers, two.stats.workers) == (1, 2)
 
 
@@ -173,8 +179,16 @@ def _failing_job(context: object, job: object) -> np.ndarray:
     raise RuntimeError("job failed")
 
 
+def _uncertified(
+    ahat: np.ndarray, queries: np.ndarray, keys: np.ndarray, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Push-relabel's answer for a budget that ran out on every pair."""
+    return np.full(len(queries), np.nan), np.full(len(queries), np.nan)
+
+
 def test_a_failing_job_leaves_no_worker_process(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not multiprocessing.active_children()
+    monkeypatch.setattr(maxflow, "_push_relabel", _uncertified)  # every pair to stage 4
     monkeypatch.setattr(maxflow, "_pairs_job", _failing_job)
     ahat = random_capacities(np.random.default_rng(13), 5, 12, "causal")
     with pytest.raises(RuntimeError, match="job failed"):
@@ -240,12 +254,14 @@ def test_workers_die_when_their_parent_is_killed() -> None:
     assert len(pids) == 2 and left == []
 
 
-def test_automatic_workers_fork_for_a_large_per_pair_stage(monkeypatch: pytest.MonkeyPatch) -> None:
-    # workers=None: a small input (L·N³ below the rule) still forks when a per-pair stage
-    # holds many edges, as real maps do; the values do not depend on it
+def test_automatic_workers_use_threads_for_a_large_push_relabel_stage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # workers=None: a small input (L·N³ below the rule) still uses threads when the
+    # push-relabel stage holds many edges, as real maps do; the values do not depend on it
     ahat = random_capacities(np.random.default_rng(12), 5, 9, "peaky")
     one = pairwise_max_flow(ahat, workers=1)
-    assert one.stats.ladder + one.stats.full > 0
+    assert one.stats.push_relabel > 0
     assert pairwise_max_flow(ahat).stats.workers == 1  # below both thresholds
     monkeypatch.setattr(maxflow, "_PARALLEL_EDGES", 1)
     auto = pairwise_max_flow(ahat)
@@ -253,22 +269,22 @@ def test_automatic_workers_fork_for_a_large_per_pair_stage(monkeypatch: pytest.M
     np.testing.assert_array_equal(auto.values, one.values)
 
 
-def test_the_wide_ladder_is_exact_where_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a narrower first ladder (top-1) certifies under half the peaky pairs, so the wide
-    # ladder (top-2 here) runs; every value still equals networkx
-    monkeypatch.setattr(maxflow, "_TOP_K", 1)
-    monkeypatch.setattr(maxflow, "_WIDE_K_MIN", 2)
-    widths: list[int] = []
-    top_k_edges = maxflow._top_k_edges
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pairs_push_relabel_cannot_certify_go_to_the_full_graph(
+    monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    # stage 4 takes the pairs whose budget ran out (NaN) or whose flow and cut disagree
+    pair_flows = maxflow.pushrelabel.pair_flows
 
-    def recorded(ahat: np.ndarray, k: int, diagonal: bool):
-        if not diagonal:  # the ladders; the shared certificate asks with the diagonal
-            widths.append(k)
-        return top_k_edges(ahat, k, diagonal)
+    def unreliable(capacities, queries, keys):  # type: ignore[no-untyped-def]
+        value, cut = pair_flows(capacities, queries, keys)
+        value[::3] = np.nan
+        cut[1::3] += 1e-6
+        return value, cut
 
-    monkeypatch.setattr(maxflow, "_top_k_edges", recorded)
+    monkeypatch.setattr(maxflow.pushrelabel, "pair_flows", unreliable)
     ahat = random_capacities(np.random.default_rng(2), 5, 12, "peaky")
-    solved = pairwise_max_flow(ahat, workers=1)
-    assert widths == [1, 2]
-    assert solved.stats.ladder > 0 and solved.stats.full > 0
+    solved = pairwise_max_flow(ahat, workers=workers)
+    assert solved.stats.full > 0 and solved.stats.push_relabel > 0
+    assert solved.stats.full >= 2 * solved.stats.push_relabel - 2
     assert np.abs(solved.values - networkx_flow(ahat)).max() <= 1e-9

@@ -509,7 +509,7 @@ def test_flow_page_bounds_exact_flow_by_prompt_length(minilm_model):
     page says so and shows rollout only; at or below it, flow as before."""
     from headscope.dashboard.session import DEFAULT_MAX_FLOW_TOKENS, ModelSession
 
-    assert DEFAULT_MAX_FLOW_TOKENS == 40
+    assert DEFAULT_MAX_FLOW_TOKENS == 80
     session = ModelSession(minilm_model, max_flow_tokens=8)
     store = {"prompt": "The cat sat on the mat because it was tired."}  # 13 tokens
     n = len(session.state(store["prompt"]).tokens)
