@@ -622,18 +622,31 @@ def _pair_jobs(
     return jobs
 
 
+def _push_relabel_threads(workers: int, automatic: bool, pairs: int, shape: tuple[int, ...]) -> int:
+    """Threads for push-relabel: ``workers``, or (``workers=None`` given) up to 2 once the
+    pairs hold ``_PARALLEL_EDGES`` edges in all, whatever the ``L·N³`` rule said."""
+    if automatic and workers == 1 and pairs * shape[0] * shape[1] * shape[2] >= _PARALLEL_EDGES:
+        return _resolve_workers(None, 1, 1 << 20)  # as many as a large input
+    return workers
+
+
 def _push_relabel(
-    ahat: np.ndarray, queries: np.ndarray, keys: np.ndarray, threads: int
+    ahat: np.ndarray,
+    queries: np.ndarray,
+    keys: np.ndarray,
+    threads: int,
+    price: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flow value and certifying cut capacity of each pair from the compiled push-relabel
-    kernel, over ``threads`` threads (it releases the GIL). NaN where its budget ran out."""
+    """Flow value and certifying cut capacity (summed over ``price``, default ``ahat``) of
+    each pair from the compiled push-relabel kernel, over ``threads`` threads (it releases
+    the GIL). NaN where its budget ran out."""
     if not len(queries):
         return np.empty(0), np.empty(0)
     pieces = min(len(queries), threads * _CHUNKS_PER_THREAD)
     chunks = np.array_split(np.arange(len(queries)), pieces)
 
     def solve(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return pushrelabel.pair_flows(ahat, queries[chunk], keys[chunk])
+        return pushrelabel.pair_flows(ahat, queries[chunk], keys[chunk], price)
 
     if threads <= 1:
         results = [solve(chunk) for chunk in chunks]
@@ -651,7 +664,7 @@ def _layered_flow(
     ``automatic`` (the caller passed ``workers=None``): push-relabel also uses threads once
     its pairs hold at least ``_PARALLEL_EDGES`` edges in all, whatever N: on real maps the
     shared certificate solves nothing and every pair lands there."""
-    n_layers, n = ahat.shape[0], ahat.shape[1]
+    n_layers = ahat.shape[0]
     down, up = _reachability(ahat)
     reach = down[0]
     bound_src = ahat[n_layers - 1] @ up[n_layers - 1].astype(np.float64)
@@ -671,9 +684,7 @@ def _layered_flow(
 
     start = time.perf_counter()
     queries, keys = np.nonzero(np.isnan(raw))
-    threads = workers
-    if automatic and workers == 1 and len(queries) * n_layers * n * n >= _PARALLEL_EDGES:
-        threads = _resolve_workers(None, 1, 1 << 20)  # as many as a large input
+    threads = _push_relabel_threads(workers, automatic, len(queries), ahat.shape)
     value, cut = _push_relabel(ahat, queries, keys, threads)
     certified = np.isfinite(value) & (cut - value <= _CERTIFY_TOL)
     raw[queries[certified], keys[certified]] = np.clip(

@@ -20,9 +20,11 @@ exact flow ``F`` of the full network ``G``:
   leaves the source). :func:`prior_bound` returns it.
 
 Both sides are computed from an actual flow and an actual cut: the bracket holds exactly,
-not only to a tolerance (the max-flows are solved to 1e-13 as in ``maxflow``; float64
-summation adds ~1e-15). Memory: O(L·N²) for the networks and reachability masks plus
-O(``_EDGE_BUDGET``) per batch of max-flows.
+not only to a tolerance (float64 summation adds ~1e-15). Each pair is solved by the
+compiled push-relabel of :mod:`headscope.solvers.pushrelabel` on ``G'`` (a dense array with
+the pruned edges at 0), which returns its flow and prices its certifying cut in ``G``.
+Memory: O(L·N²) for the networks and reachability masks, plus two ``[L, N, N]`` float64
+flow arrays per thread.
 """
 
 from __future__ import annotations
@@ -107,18 +109,6 @@ def prior_bound(
     return float(np.minimum(1.0, removed).sum())
 
 
-@dataclass(frozen=True, eq=False)
-class _PrunedNetwork:
-    """Read-only inputs of the per-pair max-flows, shared with worker processes."""
-
-    full: Float[np.ndarray, "layer query key"]  # capacities of G
-    pruned: Float[np.ndarray, "layer query key"]  # capacities of G' (0 = no edge)
-    edges: tuple[tuple[np.ndarray, np.ndarray], ...]  # G' edges per layer (index 0 unused)
-    down: Bool[np.ndarray, "node_layer output token"]  # in G': output i reaches (l, k)
-    up: Bool[np.ndarray, "node_layer token input"]  # in G': (l, k) reaches input j
-    up_full: Bool[np.ndarray, "node_layer token input"]  # the same in G
-
-
 def pruned_max_flow(
     ahat: Float[np.ndarray, "layer query key"],
     *,
@@ -132,12 +122,11 @@ def pruned_max_flow(
 
     ``ahat`` as for :func:`headscope.analyses.maxflow.pairwise_max_flow` (row-stochastic
     ``[layer query key]``, input layer first). One or two layers have closed forms, so
-    ``values = upper = F`` there. Three or more: each pair is one max-flow on its part of
-    ``G'`` (the nodes on some path from ``(L, i)`` to ``(0, j)`` in ``G'``), solved exactly
-    with scipy's integer Dinic plus refinement (``maxflow._exact_max_flow``); its min cut is
-    then priced in the full network with dense products (O(pairs·L·N²) flops). ``workers``
-    as in ``pairwise_max_flow``. Cost: N² sparse max-flows, so this pays when ``G'`` is much
-    sparser than ``G``; it never beats a dense exact solve on small inputs.
+    ``values = upper = F`` there. Three or more: each pair with a path in ``G`` is one
+    push-relabel max-flow on ``G'`` (compiled, threads as in ``pairwise_max_flow``'s
+    ``workers``), whose certifying cut is priced in ``G``. The kernel scans dense rows, so
+    the pruning mainly buys fewer pushes: on real maps it costs about as much as the exact
+    solve (docs/benchmarks.md); its use is the bracket, not speed.
     """
     start = time.perf_counter()
     full = maxflow._checked_capacities(ahat)
@@ -156,15 +145,10 @@ def pruned_max_flow(
 
 def _bracket(full: np.ndarray, keep: np.ndarray, workers: int | None) -> tuple[np.ndarray, ...]:
     n_layers, n, _ = full.shape
+    automatic = workers is None
     workers = maxflow._resolve_workers(workers, n_layers, n)
     pruned = np.where(keep, full, 0.0)
-    down, up = maxflow._reachability(pruned)
     down_full, up_full = maxflow._reachability(full)
-    edges = (
-        (np.empty(0, int), np.empty(0, int)),
-        *(np.nonzero(keep[layer - 1]) for layer in range(1, n_layers + 1)),
-    )
-    network = _PrunedNetwork(full, pruned, edges, down, up, up_full)
     end_cuts = np.minimum(
         full[n_layers - 1] @ up_full[n_layers - 1].astype(np.float64),
         down_full[1].astype(np.float64) @ full[0],
@@ -172,63 +156,12 @@ def _bracket(full: np.ndarray, keep: np.ndarray, workers: int | None) -> tuple[n
     end_cuts = np.where(down_full[0], end_cuts, 0.0)
     values = np.zeros((n, n))
     upper = end_cuts.copy()
-    queries, keys = np.nonzero(down[0])  # pairs with a path in G'
-    if len(queries):
-        per_pair = sum(len(a) for a, _ in edges) + 1
-        size = max(1, int(maxflow._EDGE_BUDGET // per_pair))
-        size = min(size, max(1, -(-len(queries) // (2 * workers))))
-        jobs = list(zip(maxflow._chunks(queries, size), maxflow._chunks(keys, size), strict=True))
-        results = maxflow._run(_pruned_job, network, jobs, workers)
-        values[queries, keys] = np.concatenate([r[0] for r in results])
-        upper[queries, keys] = np.minimum(
-            upper[queries, keys], np.concatenate([r[1] for r in results])
-        )
-    lonely_q, lonely_k = np.nonzero(~down[0] & down_full[0])  # no path in G', one in G
-    if len(lonely_q):  # F' = 0; the nodes reachable from i in G' are a cut of G
-        side = down[:, lonely_q, :].transpose(1, 0, 2) | ~up_full[:, :, lonely_k].transpose(2, 0, 1)
-        upper[lonely_q, lonely_k] = np.minimum(
-            upper[lonely_q, lonely_k], maxflow._full_cut_capacity(full, side)
-        )
+    queries, keys = np.nonzero(down_full[0])  # pairs with a path in G (else F = F' = 0)
+    threads = maxflow._push_relabel_threads(workers, automatic, len(queries), full.shape)
+    lower, cut = maxflow._push_relabel(pruned, queries, keys, threads, price=full)
+    # a pair whose relabel budget ran out (none measured) keeps the bracket [0, end cuts]
+    solved = np.isfinite(lower)
+    queries, keys = queries[solved], keys[solved]
+    values[queries, keys] = np.maximum(lower[solved], 0.0)
+    upper[queries, keys] = np.minimum(upper[queries, keys], cut[solved])
     return values, np.maximum(upper, values)
-
-
-def _pruned_job(
-    network: _PrunedNetwork, job: tuple[np.ndarray, np.ndarray]
-) -> Float[np.ndarray, "2 pair"]:
-    """``[F', c_G(S)]`` for a batch of pairs: max-flow on their part of ``G'`` and the
-    capacity in ``G`` of the cut that certifies it."""
-    queries, keys = job
-    full, pruned, down, up = network.full, network.pruned, network.down, network.up
-    n_layers, n, _ = full.shape
-    count = len(queries)
-    per = (n_layers + 1) * n
-    base = np.arange(count) * per
-    us, vs, cs, bs = [], [], [], []
-    for layer in range(1, n_layers + 1):
-        a, b = network.edges[layer]
-        on_path = (
-            down[layer][queries][:, a]
-            & up[layer][a][:, keys].T
-            & down[layer - 1][queries][:, b]
-            & up[layer - 1][b][:, keys].T
-        )
-        p, e = np.nonzero(on_path)
-        us.append(base[p] + layer * n + a[e])
-        vs.append(base[p] + (layer - 1) * n + b[e])
-        cs.append(pruned[layer - 1][a[e], b[e]])
-        bs.append(p)
-    u, v, c, comp = maxflow._concat(us, vs, cs, bs)
-    lower, _, side = maxflow._exact_max_flow(
-        count * per,
-        per,
-        u.astype(np.int64),
-        v.astype(np.int64),
-        c,
-        comp.astype(np.int64),
-        base + n_layers * n + queries,
-        base + keys,
-    )
-    # Nodes that cannot reach input j in G join the source side: a set closed under
-    # successors, so adding it only removes cut edges.
-    side = side.reshape(count, n_layers + 1, n) | ~network.up_full[:, :, keys].transpose(2, 0, 1)
-    return np.stack([lower, maxflow._full_cut_capacity(full, side)])

@@ -11,13 +11,17 @@ This module holds that solver, compiled with numba, on dense ``[L, N, N]`` array
   ``Â_{L−1} … Â_2`` and the sink edges ``Â_1[:, j]`` (``(L−1)·N`` inner nodes);
 - highest-label push-relabel, first phase only (the max-flow *value* is the sink's excess
   once no node that can still reach the sink holds excess), with exact initial labels
-  (a node's layer), the gap heuristic and a global relabel (backward BFS) after every
-  ``2V`` relabels (Goldberg & Tarjan 1988; Cherkassky & Goldberg 1997);
-- a certificate per pair: the capacity of the cut between the nodes that can and cannot
-  reach the sink in the final residual graph. The sink's excess is a feasible flow (a lower
-  bound) and the cut an upper bound, so ``cut − value`` bounds the error; callers compare
-  it with their tolerance. Residual capacities below ``EPS = 1e-14`` count as saturated,
-  so the gap is at most ``EPS`` per cut edge (measured: ≤ 4e-15 on MiniLM maps).
+  (each node's distance to the sink, ``V`` where it has none, as below the diagonal of
+  causal maps; computed once per input token j), the gap heuristic and a global relabel
+  (backward BFS) after every ``2V`` relabels (Goldberg & Tarjan 1988; Cherkassky &
+  Goldberg 1997);
+- a certificate per pair: labels stay valid (``d[x] <= d[y] + 1`` on every residual arc), so
+  for a label ``g`` that no node holds, no residual arc leaves ``{d > g}``; that set is a
+  cut whose capacity (an upper bound) the kernel sums. The sink's excess is a feasible
+  flow (a lower bound), so ``cut − value`` bounds the error; callers compare it with their
+  tolerance. Residual capacities and excesses below ``EPS = 1e-14`` count as zero, so the
+  gap is a few ``EPS`` (measured: ≤ 4e-15 on MiniLM maps). The cut can be priced in
+  another graph (``price``), as the pruned flow of ``headscope.analyses.prunedflow`` does.
 
 Memory per thread: two ``[L, N, N]`` float64 flow arrays (the flows and their transpose,
 so that both arc directions are read contiguously) and O(L·N) labels; the capacities and
@@ -35,8 +39,8 @@ import numpy as np
 from numba import njit
 
 EPS = 1e-14
-# A relabel budget far above what any input needs (labels are < V, so each node relabels
-# fewer than V times); exceeding it returns NaN and the caller falls back to another solver.
+# A relabel budget far above what any input needs (a node at label V is dead, so each node
+# relabels fewer than V times); exceeding it returns NaN: the caller uses another solver.
 _RELABEL_BUDGET_PER_NODE = 4
 
 
@@ -80,7 +84,7 @@ def _sink_distances(C, CT, F, FT, fT, j, d, queue):  # pragma: no cover - compil
 
 @njit(cache=True, nogil=True)
 def _pair_flow(
-    C, CT, i, j, labels, F, FT, fS, fT, d, cur, excess, head, nxt, cnt, queue
+    C, CT, P, i, j, labels, F, FT, fS, fT, d, cur, excess, head, nxt, cnt, queue
 ):  # pragma: no cover
     """(value, cut capacity) of the max-flow from output i to input j; NaN on a blown budget.
 
@@ -255,22 +259,22 @@ def _pair_flow(
     cut = 0.0
     for b in range(N):
         if d[(L - 2) * N + b] <= g:
-            cut += C[L - 1, i, b]
+            cut += P[L - 1, i, b]
     for m in range(2, L):
         for a in range(N):
             if d[(m - 1) * N + a] <= g:
                 continue
             for b in range(N):
                 if d[(m - 2) * N + b] <= g:
-                    cut += C[m - 1, a, b]
+                    cut += P[m - 1, a, b]
     for a in range(N):
         if d[a] > g:
-            cut += C[0, a, j]
+            cut += P[0, a, j]
     return value, cut
 
 
 @njit(cache=True, nogil=True)
-def _solve(C, CT, queries, keys, values, cuts):  # pragma: no cover - compiled
+def _solve(C, CT, P, queries, keys, values, cuts):  # pragma: no cover - compiled
     L, N = C.shape[0], C.shape[1]
     V = (L - 1) * N + 2
     F = np.zeros((L, N, N))
@@ -294,6 +298,7 @@ def _solve(C, CT, queries, keys, values, cuts):  # pragma: no cover - compiled
         values[p], cuts[p] = _pair_flow(
             C,
             CT,
+            P,
             queries[p],
             keys[p],
             labels[keys[p]],
@@ -312,7 +317,10 @@ def _solve(C, CT, queries, keys, values, cuts):  # pragma: no cover - compiled
 
 
 def pair_flows(
-    capacities: np.ndarray, queries: np.ndarray, keys: np.ndarray
+    capacities: np.ndarray,
+    queries: np.ndarray,
+    keys: np.ndarray,
+    price: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Max-flow value and certifying cut capacity of each pair ``(queries[p], keys[p])``.
 
@@ -320,6 +328,9 @@ def pair_flows(
     ``capacities[l − 1]`` holds the edges ``(l, a) -> (l − 1, b)``. Returns two float64
     arrays of the pairs' length: the flow value (a feasible flow, so a lower bound) and the
     capacity of a cut (an upper bound); both NaN for a pair whose relabel budget ran out.
+    ``price`` (same shape and dtype): sum the cut's capacity over these edges instead, e.g. a
+    graph's full capacities when ``capacities`` keep only some of its edges: the certifying
+    node partition is a cut of both graphs, so its price bounds the full graph's max-flow.
     Raises ValueError for a bad shape or dtype, or a token index outside ``[0, N)``.
     Runs in the calling thread with the GIL released. O(pairs · work per pair), where the
     work is a few passes over the ``L·N²`` edges on attention maps.
@@ -338,7 +349,12 @@ def pair_flows(
     for name, tokens in (("queries", queries), ("keys", keys)):
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= n):
             raise ValueError(f"{name} must be token indices in [0, {n})")
+    if price is None:
+        price = capacities
+    elif price.shape != shape or price.dtype != np.float64:
+        raise ValueError(f"price must be float64 of the capacities' shape {shape}")
+    price = np.ascontiguousarray(price)
     values = np.empty(len(queries))
     cuts = np.empty(len(queries))
-    _solve(capacities, transposed, queries, keys, values, cuts)
+    _solve(capacities, transposed, price, queries, keys, values, cuts)
     return values, cuts

@@ -276,8 +276,8 @@ def test_pairs_push_relabel_cannot_certify_go_to_the_full_graph(
     # stage 4 takes the pairs whose budget ran out (NaN) or whose flow and cut disagree
     pair_flows = maxflow.pushrelabel.pair_flows
 
-    def unreliable(capacities, queries, keys):  # type: ignore[no-untyped-def]
-        value, cut = pair_flows(capacities, queries, keys)
+    def unreliable(capacities, queries, keys, price=None):  # type: ignore[no-untyped-def]
+        value, cut = pair_flows(capacities, queries, keys, price)
         value[::3] = np.nan
         cut[1::3] += 1e-6
         return value, cut

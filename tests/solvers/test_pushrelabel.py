@@ -121,3 +121,18 @@ def test_bad_input_is_refused() -> None:
         pushrelabel.pair_flows(np.zeros((3, 4, 4), dtype=np.float32), np.array([0]), np.array([0]))
     with pytest.raises(ValueError, match="token indices"):
         pushrelabel.pair_flows(np.zeros((3, 4, 4)), np.array([4]), np.array([0]))
+
+
+def test_a_pruned_graphs_cut_priced_in_the_full_graph_brackets_its_flow() -> None:
+    rng = np.random.default_rng(11)
+    full = layered(rng, 5, 9, "spread")
+    pruned = np.where(full >= np.quantile(full, 0.6, axis=2, keepdims=True), full, 0.0)
+    queries, keys = all_pairs(9)
+    values, cuts = pushrelabel.pair_flows(pruned, queries, keys, price=full)
+    exact_pruned = exact_values(pruned, queries, keys)
+    exact_full = exact_values(full, queries, keys)
+    np.testing.assert_allclose(values, exact_pruned, rtol=0, atol=1e-12)
+    assert (values <= exact_full + 1e-13).all() and (cuts >= exact_full - 1e-13).all()
+    assert (cuts > values + 1e-3).any()  # the pruned edges crossing the cut are priced
+    with pytest.raises(ValueError, match="price"):
+        pushrelabel.pair_flows(pruned, queries, keys, price=full[:4])
