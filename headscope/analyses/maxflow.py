@@ -18,8 +18,9 @@ processes receive them through the pool's ``initializer`` (forked, so inherited 
 pickled). Calls from several threads are therefore independent and may run concurrently.
 
 Memory: O(L·N²): a float64 copy of ``Â``, two ``[L + 1, N, N]`` boolean reachability masks
-and ``[N, N]`` bounds, plus O(``_EDGE_BUDGET``) per batch of max-flows in each process (each
-forked worker shares the parent's arrays copy-on-write).
+and ``[N, N]`` bounds; push-relabel adds two ``[L, N, N]`` float64 flow arrays per thread and
+``[N, (L−1)·N]`` initial labels; the scipy stages O(``_EDGE_BUDGET``) per batch of max-flows
+in each process (each forked worker shares the parent's arrays copy-on-write).
 """
 
 from __future__ import annotations
