@@ -584,23 +584,6 @@ def _pairs_job(network: _Network, job: tuple[np.ndarray, np.ndarray]) -> np.ndar
     return upper
 
 
-def _full_cut_capacity(ahat: np.ndarray, source_side: np.ndarray) -> np.ndarray:
-    """Capacity in the full layered graph of cuts given by per-layer source-side masks
-    ``[pair, layer 0..L, token]``. O(pairs·L·N²)."""
-    total = np.zeros(source_side.shape[0])
-    inside = source_side.astype(np.float64)
-    for layer in range(1, ahat.shape[0] + 1):
-        # einsum without BLAS: these products are small and BLAS threads only add overhead
-        total += np.einsum(
-            "pa,ab,pb->p",
-            inside[:, layer],
-            ahat[layer - 1],
-            1.0 - inside[:, layer - 1],
-            optimize=False,
-        )
-    return total
-
-
 def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
     size = max(1, int(size))
     return [items[start : start + size] for start in range(0, len(items), size)]
