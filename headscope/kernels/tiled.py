@@ -43,12 +43,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from headscope.errors import InputError
 from headscope.kernels.reference import visible_keys
+from headscope.solvers.attention import DEFAULT_ROWS, causal_attention_statistics
 
 # 128 query rows per tile was fastest or within 3% of it at N = 2048 and 8192 with
 # 12 heads (single-thread CPU time on Zen 5; 16 and 512 rows were 10–40% slower):
@@ -422,6 +424,7 @@ def tiled_attention(
     top_k: int | None = None,
     keep_maps_for_heads: Sequence[int] | None = None,
     distance_bins: int | None = None,
+    fused: bool | None = None,
 ) -> TiledAttentionResult:
     """Attention output plus streamed per-head statistics (see the module docstring).
 
@@ -442,6 +445,11 @@ def tiled_attention(
     Memory: a few float32 buffers of batch·head·query_tile·key, plus the results
     (O(batch·head·(query + key)), top-k O(batch·head·query·k), maps
     4·batch·len(keep_maps_for_heads)·query·key bytes).
+    - `fused`: plain causal self-attention statistics on the CPU (no padding, window,
+      ALiBi, softcap, extra mask, top-k or maps) run in the compiled one-pass kernel of
+      `solvers.attention` (rows of `query_tile`, default 64, on torch's thread count),
+      the same results to float32 rounding. None: whenever it applies; False: never;
+      True: an error where it does not apply.
     Not differentiable (runs under no_grad): it is an observation kernel.
     """
     _check(q, k, v, attn_mask)
@@ -467,6 +475,26 @@ def tiled_attention(
     if any(not 0 <= h < n_heads for h in map_heads):
         raise InputError(f"map heads {map_heads} out of range for {n_heads} heads")
     edges = distance_bin_edges(n_key, distance_bins)
+    plain = (
+        q.device.type == "cpu"
+        and stats
+        and causal
+        and n_query == n_key
+        and window is None
+        and alibi_slopes is None
+        and softcap is None
+        and attn_mask is None
+        and top_k is None
+        and not map_heads
+        and (key_padding_mask is None or bool(key_padding_mask.all()))
+    )
+    if fused and not plain:
+        raise InputError(
+            "fused=True needs CPU causal self-attention statistics without padding, window, "
+            "ALiBi, softcap, an explicit mask, top_k or kept maps"
+        )
+    if plain and fused is not False:
+        return _fused_attention(q, k, v, scale, edges, sink_k, query_tile or DEFAULT_ROWS)
 
     keys = k.to(f32)
     values = v.to(f32)
@@ -620,5 +648,34 @@ def tiled_attention(
         topk_weights=topk_weights if top_k is not None else None,
         maps=maps,
         map_heads=map_heads,
+        **statistics,
+    )
+
+
+def _fused_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, edges: tuple[int, ...], sink_k: int, rows: int
+) -> TiledAttentionResult:
+    """Plain causal self-attention through the compiled kernel (`solvers.attention`)."""
+    batch, n_heads, n, _ = q.shape
+    arrays = [t.detach().to(torch.float32).contiguous().numpy() for t in (q, k, v)]
+    found = causal_attention_statistics(
+        *arrays,
+        scale=scale,
+        edges=np.asarray(edges, dtype=np.int64),
+        sink_k=sink_k,
+        workers=torch.get_num_threads(),
+        rows=rows,
+    )
+    statistics = {name: torch.from_numpy(value) for name, value in found.items()}
+    output = statistics.pop("output").to(q.dtype)
+    # Causal self-attention without padding: key k is seen by the queries k..n−1.
+    visibility = torch.arange(n, 0, -1, dtype=torch.float32)
+    return TiledAttentionResult(
+        output=output,
+        query_mask=torch.ones(batch, n, dtype=torch.bool),
+        distance_bin_edges=edges,
+        sink_keys=sink_k,
+        causal=True,
+        key_visibility=visibility.expand(batch, n_heads, n).contiguous(),
         **statistics,
     )

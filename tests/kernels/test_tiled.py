@@ -70,6 +70,7 @@ def check_against_reference(
     map_heads=None,
     distance_bins=None,
     atol=ATOL,
+    fused=None,
 ):
     n_query, n_key = q.shape[2], k.shape[2]
     offset = n_key - n_query
@@ -107,6 +108,7 @@ def check_against_reference(
         top_k=top_k,
         keep_maps_for_heads=map_heads,
         distance_bins=distance_bins,
+        fused=fused,
     )
     visible = mask if mask.dtype == torch.bool else mask > -math.inf
     real_query = (
@@ -345,7 +347,7 @@ def test_holds_one_tile_of_scores_per_head(monkeypatch):
     tiled_attention(q, k, v, causal=False, query_tile=32)
     assert max(sizes) == 4 * 32 * 200
     sizes.clear()
-    tiled_attention(q, k, v, causal=True, query_tile=32)
+    tiled_attention(q, k, v, causal=True, query_tile=32, fused=False)
     assert max(sizes) == 4 * 32 * 192 and min(sizes) == 4 * 32 * 32  # causal skips keys
 
 
@@ -392,3 +394,64 @@ def test_transposed_views_and_a_scale_that_is_not_a_power_of_two(causal):
         )  # fmt: skip
         for name in ("output", "entropy", "mean_distance", "distance_histogram"):
             torch.testing.assert_close(getattr(result, name), getattr(dense, name), atol=0, rtol=0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    batch=st.integers(1, 2),
+    kv_heads=st.integers(1, 2),
+    group=st.integers(1, 3),
+    n=st.integers(1, 150),
+    d=st.sampled_from([1, 4, 16, 64, 80]),
+    scale=st.sampled_from([0.5, 1.0, 3.0]),
+    rows=st.integers(1, 70),
+    sink_k=st.integers(0, 3),
+    bins=st.one_of(st.none(), st.integers(1, 4)),
+)
+def test_fused_causal_kernel_matches_reference(
+    seed, batch, kv_heads, group, n, d, scale, rows, sink_k, bins
+):
+    """The compiled one-pass kernel (plain causal self-attention) against the float32
+    oracle: output and every statistic, grouped-query heads, any block of rows."""
+    q, k, v = random_qkv(seed, batch, kv_heads * group, kv_heads, n, n, d, scale)
+    check_against_reference(
+        q, k, v, causal=True, tile=rows, sink_k=sink_k, distance_bins=bins, fused=True
+    )
+
+
+@pytest.mark.parametrize("n", [700, 1030])
+def test_fused_kernel_on_long_rows_and_transposed_views(n):
+    """Several blocks, long distance bins, a non-power-of-two scale, transposed
+    [batch, key, head, d] views as models hand them over, an all-True padding mask."""
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(1, n, 3, 48, generator=g).transpose(1, 2) for _ in range(3))
+    padding = torch.ones(1, n, dtype=torch.bool)
+    fused = check_against_reference(q, k, v, causal=True, padding=padding, sink_k=4, fused=True)
+    tiles = tiled_attention(q, k, v, causal=True, sink_k=4, fused=False)
+    for name in ("entropy", "max_weight", "mean_distance", "key_mass", "distance_histogram"):
+        torch.testing.assert_close(getattr(fused, name), getattr(tiles, name), atol=2e-5, rtol=1e-5)
+
+
+def test_fused_kernel_is_the_default_where_it_applies(monkeypatch):
+    """Plain causal statistics take the compiled path (no torch softmax over tiles);
+    anything it does not cover takes the tiles, and fused=True says why it cannot."""
+    calls = []
+    real_softmax = torch.softmax
+
+    def recording_softmax(x, dim, *args, **kwargs):
+        calls.append(x.shape)
+        return real_softmax(x, dim, *args, **kwargs)
+
+    monkeypatch.setattr(tiled_module.torch, "softmax", recording_softmax)
+    q, k, v = random_qkv(3, 1, 2, 2, 40, 40, 8)
+    tiled_attention(q, k, v, causal=True)
+    assert calls == []
+    tiled_attention(q, k, v, causal=True, top_k=2)
+    assert calls
+    for extra in ({"causal": False}, {"top_k": 2}, {"window": 4}, {"keep_maps_for_heads": [0]}):
+        with pytest.raises(InputError, match="fused=True"):
+            tiled_attention(q, k, v, **({"causal": True} | extra), fused=True)
+    padding = key_padding_from_lengths([30], 40, side="right")
+    with pytest.raises(InputError, match="fused=True"):
+        tiled_attention(q, k, v, causal=True, key_padding_mask=padding, fused=True)
