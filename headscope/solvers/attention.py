@@ -16,15 +16,18 @@ Entropy = log Z − Σp·x (x = scale·(s − max)), max weight = 1/Z (e = 1 at 
 argmax = first key of the maximum score, mean distance = Σp·(q − k), sink mass = Σ_{k<sink}p,
 previous-token mass = p[q − 1], histogram bin b += Σ_{q−k ∈ [edges[b], edges[b+1])} p.
 
-Memory: one float32 [rows, key] buffer per worker (64 × 8192 × 4 B = 2 MiB at 8k tokens)
-beyond the inputs and results. Workers are threads (the kernel releases the GIL); BLAS runs
-single-threaded inside each. Checked against the float32 reference oracle
-(`kernels.reference`) in tests/solvers/test_attention.py.
+Memory beyond the inputs and results: per worker one float32 [rows, key] block and one
+head's q, k, v (4·(rows + 1 + 3·d_head)·key bytes: 10.5 MB at 8k tokens, d_head 64). Workers
+are threads of one process-wide pool (the kernel releases the GIL); BLAS is limited to one
+thread while they run (process-wide, through threadpoolctl: concurrent numpy BLAS calls in
+other threads run single-threaded meanwhile). Checked against the float32 reference oracle
+(`kernels.reference`) in tests/kernels/test_tiled.py (test_fused_*).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,7 +36,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-DEFAULT_ROWS = 64
+DEFAULT_ROWS = 128
 
 
 @intrinsic
@@ -101,26 +104,38 @@ def _exp_segment(segment, best, scale, distance0):
 
 
 @njit(nogil=True, cache=True)
-def _attend(q, k, v, pairs, group, scale, rows, edges, sink_k, out, per_query, argmax, hist, mass):
+def _attend(
+    q, k, v, pairs, group, scale, rows, edges, sink_k, out, per_query, argmax, hist, mass, work
+):
     """One worker: the (sequence, head) pairs listed in `pairs` (see module docstring).
 
-    q, out `[batch, head, n, d]`; k, v `[batch, kv_head, n, d]` (C-contiguous float32);
-    per_query `[5, batch, head, n]` = entropy, max weight, sink, previous, mean distance.
+    q `[batch, head, n, d]`, k, v `[batch, kv_head, n, d]` float32 with any strides (each
+    head is copied into contiguous scratch, O(n·d), so that the model's transposed views
+    need no full copy); out `[batch, head, n, d]` C-contiguous; per_query `[5, batch, head,
+    n]` = entropy, max weight, sink, previous, mean distance; work: this worker's scratch,
+    rows·n + n + 3·n·d floats.
     """
-    n = q.shape[2]
+    n, d = q.shape[2], q.shape[3]
     n_bins = edges.shape[0] - 1
-    buffer = np.empty(rows * n, np.float32)
+    buffer = work[: rows * n]
+    key_sums = work[rows * n : (rows + 1) * n]
+    heads = work[(rows + 1) * n : (rows + 1) * n + 3 * n * d]
+    qh = heads[: n * d].reshape(n, d)
+    kh = heads[n * d : 2 * n * d].reshape(n, d)
+    vh = heads[2 * n * d :].reshape(n, d)
     inverse = np.empty(rows, np.float32)
     row_bins = np.empty(n_bins, np.float32)
-    key_sums = np.empty(n, np.float32)
     for index in range(pairs.shape[0]):
         b = pairs[index] // q.shape[1]
         h = pairs[index] % q.shape[1]
         kv = h // group
+        qh[:] = q[b, h]
+        kh[:] = k[b, kv]
+        vh[:] = v[b, kv]
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             block = buffer[: (r1 - r0) * r1].reshape(r1 - r0, r1)
-            np.dot(q[b, h, r0:r1], k[b, kv, :r1].T, block)
+            np.dot(qh[r0:r1], kh[:r1].T, block)
             for i in range(r1 - r0):
                 p = r0 + i
                 row = block[i]
@@ -154,7 +169,7 @@ def _attend(q, k, v, pairs, group, scale, rows, edges, sink_k, out, per_query, a
                 argmax[b, h, p] = first
                 row[p + 1 :] = 0.0  # keys right of the query in the diagonal block
             target = out[b, h, r0:r1]
-            np.dot(block, v[b, kv, :r1], target)
+            np.dot(block, vh[:r1], target)
             for i in range(r1 - r0):
                 target[i] *= inverse[i]
             np.dot(inverse[: r1 - r0], block, key_sums[:r1])
@@ -163,6 +178,18 @@ def _attend(q, k, v, pairs, group, scale, rows, edges, sink_k, out, per_query, a
 
 _BLAS_LOCK = threading.Lock()
 _blas_controller = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _workers() -> ThreadPoolExecutor:
+    """One process-wide pool, reused (OpenBLAS keeps a work buffer per calling thread;
+    threads are not made per call)."""
+    global _pool
+    with _BLAS_LOCK:
+        if _pool is None or _pool[0] != os.getpid():  # a forked child has no pool threads
+            pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="headscope-attn")
+            _pool = (os.getpid(), pool)
+    return _pool[1]
 
 
 def _single_threaded_blas():
@@ -187,28 +214,33 @@ def causal_attention_statistics(
     sink_k: int,
     workers: int = 1,
     rows: int = DEFAULT_ROWS,
+    out: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Causal self-attention output and statistics (see the module docstring).
 
-    q `[batch, head, n, d]`, k and v `[batch, kv_head, n, d]` float32 (head a multiple of
+    q `[batch, head, n, d]`, k and v `[batch, kv_head, n, d]` (any strides; head a multiple of
     kv_head: grouped-query attention reads kv head h // (head / kv_head)); `edges` the
     int64 distance bin edges (0, 1, 2, 4, …, last ≥ n). Returns float32 arrays `output`
     `[batch, head, n, d]`, `entropy`, `max_weight`, `sink_mass`, `previous_token_mass`,
     `mean_distance` `[batch, head, n]`, `argmax_key` int64 `[batch, head, n]`,
-    `distance_histogram` `[batch, head, bin]`, `key_mass` `[batch, head, n]`.
+    `distance_histogram` `[batch, head, bin]`, `key_mass` `[batch, head, n]`. `out`: a
+    C-contiguous float32 array of q's shape to write the output into (returned as `output`).
     """
-    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k, v))
+    q, k, v = (np.asarray(a, dtype=np.float32) for a in (q, k, v))
     edges = np.ascontiguousarray(edges, dtype=np.int64)
     if q.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
         raise ValueError(f"shapes q {q.shape}, k {k.shape}, v {v.shape} do not match")
-    batch, heads, n = q.shape[:3]
+    batch, heads, n, d = q.shape
     if k.shape[1] < 1 or heads % k.shape[1]:
         raise ValueError(f"{heads} query heads cannot share {k.shape[1]} kv heads")
     if edges.ndim != 1 or edges.shape[0] < 2 or edges[0] != 0 or edges[-1] < n:
         raise ValueError(f"distance bin edges must run from 0 to at least {n}, got {edges}")
     if sink_k < 0 or rows < 1:
         raise ValueError(f"sink_k must be >= 0 and rows >= 1, got {sink_k}, {rows}")
-    out = np.empty_like(q)
+    if out is None:
+        out = np.empty_like(q)
+    elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {q.shape}")
     per_query = np.zeros((5, batch, heads, n), np.float32)
     argmax = np.zeros((batch, heads, n), np.int64)
     hist = np.zeros((batch, heads, edges.shape[0] - 1), np.float32)
@@ -216,13 +248,16 @@ def causal_attention_statistics(
     group = heads // k.shape[1]
     args = (group, np.float32(scale), rows, edges, sink_k, out, per_query, argmax, hist, mass)
     chunks = np.array_split(np.arange(batch * heads), max(1, min(workers, batch * heads)))
+    work = np.empty((len(chunks), (rows + 1 + 3 * d) * n), np.float32)
     with _single_threaded_blas():
         if len(chunks) == 1:
-            _attend(q, k, v, chunks[0], *args)
+            _attend(q, k, v, chunks[0], *args, work[0])
         else:
-            with ThreadPoolExecutor(len(chunks)) as pool:
-                for job in [pool.submit(_attend, q, k, v, c, *args) for c in chunks]:
-                    job.result()
+            pool = _workers()
+            pairs = zip(chunks, work, strict=True)
+            jobs = [pool.submit(_attend, q, k, v, c, *args, w) for c, w in pairs]
+            for job in jobs:
+                job.result()
     names = ("entropy", "max_weight", "sink_mass", "previous_token_mass", "mean_distance")
     result = {name: per_query[i] for i, name in enumerate(names)}
     result.update(output=out, argmax_key=argmax, distance_histogram=hist, key_mass=mass)
