@@ -67,6 +67,7 @@ bench: install-test
 	$(BIN)/python benchmarks/flow.py
 	$(BIN)/python benchmarks/heads.py
 	$(BIN)/python benchmarks/capture.py
+	$(BIN)/python benchmarks/kernel.py
 	$(BIN)/python benchmarks/dashboard.py
 
 clean:

@@ -452,14 +452,15 @@ def tiled_attention(
     - `scale` defaults to 1/√d_head. Scores, softmax, output accumulation and
       statistics run in float32; the output is cast back to the input dtype.
     - `query_tile`: rows per tile (default `default_query_tile`).
-    Memory: a few float32 buffers of batch·head·query_tile·key, plus the results
-    (O(batch·head·(query + key)), top-k O(batch·head·query·k), maps
-    4·batch·len(keep_maps_for_heads)·query·key bytes).
     - `fused`: plain causal self-attention statistics on the CPU (no padding, window,
       ALiBi, softcap, extra mask, top-k or maps) run in the compiled one-pass kernel of
-      `solvers.attention` (rows of `query_tile`, default 64, on torch's thread count),
-      the same results to float32 rounding. None: whenever it applies; False: never;
-      True: an error where it does not apply.
+      `solvers.attention` (blocks of `query_tile` rows, default 128, on torch's thread
+      count), the same results to float32 rounding. None: whenever it applies; False:
+      never; True: an error where it does not apply.
+    Memory: a few float32 buffers of batch·head·query_tile·key, plus the results
+    (O(batch·head·(query + key)), top-k O(batch·head·query·k), maps
+    4·batch·len(keep_maps_for_heads)·query·key bytes); the fused kernel, per thread,
+    4·(query_tile + 1 + 3·d_head)·key bytes.
     Not differentiable (runs under no_grad): it is an observation kernel.
     """
     _check(q, k, v, attn_mask)
