@@ -103,6 +103,13 @@ def _exp_segment(segment, best, scale, distance0):
     return total, weighted, distance
 
 
+@njit(fastmath=True, nogil=True, cache=True)
+def _add_scaled(target, source, factor):
+    """target += factor·source (loops from 0: vectorized)."""
+    for j in range(target.shape[0]):
+        target[j] += source[j] * factor
+
+
 @njit(nogil=True, cache=True)
 def _attend(
     q, k, v, pairs, group, scale, rows, edges, sink_k, out, per_query, argmax, hist, mass, work
@@ -167,13 +174,14 @@ def _attend(
                 per_query[3, b, h, p] = row[p - 1] * inv if p > 0 else np.float32(0.0)
                 per_query[4, b, h, p] = distance * inv
                 argmax[b, h, p] = first
+                # Key mass while the row is still in cache (a GEMV after the block would
+                # read the whole block from memory again once it outgrows the cache).
+                _add_scaled(mass[b, h, : p + 1], row[: p + 1], inv)
                 row[p + 1 :] = 0.0  # keys right of the query in the diagonal block
             target = out[b, h, r0:r1]
             np.dot(block, vh[:r1], target)
             for i in range(r1 - r0):
                 target[i] *= inverse[i]
-            np.dot(inverse[: r1 - r0], block, key_sums[:r1])
-            mass[b, h, :r1] += key_sums[:r1]
 
 
 _BLAS_LOCK = threading.Lock()
