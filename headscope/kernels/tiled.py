@@ -460,7 +460,7 @@ def tiled_attention(
     Memory: a few float32 buffers of batch·head·query_tile·key, plus the results
     (O(batch·head·(query + key)), top-k O(batch·head·query·k), maps
     4·batch·len(keep_maps_for_heads)·query·key bytes); the fused kernel, per thread,
-    4·(query_tile + 1 + 3·d_head)·key bytes.
+    4·(query_tile + 3·d_head)·key bytes.
     Not differentiable (runs under no_grad): it is an observation kernel.
     """
     _check(q, k, v, attn_mask)

@@ -4,20 +4,21 @@
 plain causal self-attention (no padding, window, ALiBi, softcap or extra mask), in one
 pass over the scores. For every (sequence, head) and every block of `rows` queries:
 
-1. S = Q_B·Kᵀ over the keys the block sees (one GEMM into a [rows, key] buffer that stays
-   in cache; the block's rows are whole, so the softmax is exact, with no online rescaling);
-2. per row: the maximum and its first index (one vectorized pass over order-preserving
-   integer keys), then e = exp(scale·(s − max)) in float32 (a degree-7 polynomial on a
-   range-reduced argument, relative error ≤ 3·10⁻⁷, vectorized by LLVM; libm's expf would
-   not be), summed per log distance bin together with Σe·(s − max)·scale and Σe·distance;
-3. O_B = diag(1/Z)·E·V (GEMM) and key mass += Eᵀ·(1/Z) (GEMV).
+1. S = Q_B·Kᵀ over the keys the block sees (one GEMM into a [rows, key] buffer; the
+   block's rows are whole, so the softmax is exact, with no online rescaling);
+2. per row, while the row is in cache: the maximum and its first index (one vectorized
+   pass over order-preserving integer keys), then e = exp(scale·(s − max)) in float32 (a
+   degree-7 polynomial on a range-reduced argument, relative error ≤ 3·10⁻⁷, vectorized by
+   LLVM; libm's expf would not be), summed per log distance bin together with
+   Σe·(s − max)·scale and Σe·distance; then key mass += e/Z;
+3. O_B = diag(1/Z)·E·V (one GEMM).
 
 Entropy = log Z − Σp·x (x = scale·(s − max)), max weight = 1/Z (e = 1 at the maximum),
 argmax = first key of the maximum score, mean distance = Σp·(q − k), sink mass = Σ_{k<sink}p,
 previous-token mass = p[q − 1], histogram bin b += Σ_{q−k ∈ [edges[b], edges[b+1])} p.
 
 Memory beyond the inputs and results: per worker one float32 [rows, key] block and one
-head's q, k, v (4·(rows + 1 + 3·d_head)·key bytes: 10.5 MB at 8k tokens, d_head 64). Workers
+head's q, k, v (4·(rows + 3·d_head)·key bytes: 10.5 MB at 8k tokens, d_head 64). Workers
 are threads of one process-wide pool (the kernel releases the GIL); BLAS is limited to one
 thread while they run (process-wide, through threadpoolctl: concurrent numpy BLAS calls in
 other threads run single-threaded meanwhile). Checked against the float32 reference oracle
@@ -120,13 +121,12 @@ def _attend(
     head is copied into contiguous scratch, O(n·d), so that the model's transposed views
     need no full copy); out `[batch, head, n, d]` C-contiguous; per_query `[5, batch, head,
     n]` = entropy, max weight, sink, previous, mean distance; work: this worker's scratch,
-    rows·n + n + 3·n·d floats.
+    (rows + 3·d)·n floats.
     """
     n, d = q.shape[2], q.shape[3]
     n_bins = edges.shape[0] - 1
     buffer = work[: rows * n]
-    key_sums = work[rows * n : (rows + 1) * n]
-    heads = work[(rows + 1) * n : (rows + 1) * n + 3 * n * d]
+    heads = work[rows * n : (rows + 3 * d) * n]
     qh = heads[: n * d].reshape(n, d)
     kh = heads[n * d : 2 * n * d].reshape(n, d)
     vh = heads[2 * n * d :].reshape(n, d)
@@ -256,7 +256,7 @@ def causal_attention_statistics(
     group = heads // k.shape[1]
     args = (group, np.float32(scale), rows, edges, sink_k, out, per_query, argmax, hist, mass)
     chunks = np.array_split(np.arange(batch * heads), max(1, min(workers, batch * heads)))
-    work = np.empty((len(chunks), (rows + 1 + 3 * d) * n), np.float32)
+    work = np.empty((len(chunks), (rows + 3 * d) * n), np.float32)
     with _single_threaded_blas():
         if len(chunks) == 1:
             _attend(q, k, v, chunks[0], *args, work[0])
