@@ -490,6 +490,7 @@ def tiled_attention(
         q.device.type == "cpu"
         and stats
         and causal
+        and scale > 0  # the kernel's exp takes scale·(s − max) ≤ 0
         and n_query == n_key
         and window is None
         and alibi_slopes is None
@@ -501,8 +502,8 @@ def tiled_attention(
     )
     if fused and not plain:
         raise InputError(
-            "fused=True needs CPU causal self-attention statistics without padding, window, "
-            "ALiBi, softcap, an explicit mask, top_k or kept maps"
+            "fused=True needs CPU causal self-attention statistics with a positive scale and "
+            "without padding, window, ALiBi, softcap, an explicit mask, top_k or kept maps"
         )
     if plain and fused is not False:
         return _fused_attention(q, k, v, scale, edges, sink_k, query_tile or DEFAULT_ROWS)

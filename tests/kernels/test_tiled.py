@@ -455,3 +455,12 @@ def test_fused_kernel_is_the_default_where_it_applies(monkeypatch):
     padding = key_padding_from_lengths([30], 40, side="right")
     with pytest.raises(InputError, match="fused=True"):
         tiled_attention(q, k, v, causal=True, key_padding_mask=padding, fused=True)
+    with pytest.raises(InputError, match="fused=True"):
+        tiled_attention(q, k, v, causal=True, scale=-0.5, fused=True)
+    calls.clear()
+    # A negative scale is legal (softmax of −s/2) and goes to the tiles, which match the oracle.
+    flipped = tiled_attention(q, k, v, causal=True, scale=-0.5)
+    assert calls
+    torch.testing.assert_close(
+        flipped.entropy, tiled_attention(-q, k, v, causal=True, scale=0.5).entropy
+    )
