@@ -245,6 +245,8 @@ def causal_attention_statistics(
         raise ValueError(f"distance bin edges must run from 0 to at least {n}, got {edges}")
     if sink_k < 0 or rows < 1:
         raise ValueError(f"sink_k must be >= 0 and rows >= 1, got {sink_k}, {rows}")
+    if not scale > 0:  # the exp takes scale·(s − max) ≤ 0
+        raise ValueError(f"scale must be > 0, got {scale}")
     if out is None:
         out = np.empty_like(q)
     elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:

@@ -65,3 +65,6 @@ def test_argument_checks():
         causal_attention_statistics(q, q, q, scale=1.0, edges=edges[:-1], sink_k=1)
     with pytest.raises(ValueError, match="sink_k"):
         causal_attention_statistics(q, q, q, scale=1.0, edges=edges, sink_k=-1)
+    for scale in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            causal_attention_statistics(q, q, q, scale=scale, edges=edges, sink_k=1)
