@@ -248,7 +248,7 @@ def causal_attention_statistics(
     if not scale > 0:  # the exp takes scale·(s − max) ≤ 0
         raise ValueError(f"scale must be > 0, got {scale}")
     if out is None:
-        out = np.empty_like(q)
+        out = np.empty(q.shape, np.float32)  # C-contiguous, whatever q's strides
     elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {q.shape}")
     per_query = np.zeros((5, batch, heads, n), np.float32)

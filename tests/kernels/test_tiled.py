@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from headscope.errors import InputError
@@ -70,6 +70,7 @@ def check_against_reference(
     map_heads=None,
     distance_bins=None,
     atol=ATOL,
+    out_atol=None,
     fused=None,
 ):
     n_query, n_key = q.shape[2], k.shape[2]
@@ -122,7 +123,7 @@ def check_against_reference(
 
     assert result.output.dtype == q.dtype
     # A half-precision output is rounded once at the end: allow that rounding.
-    out_tol = atol if q.dtype == torch.float32 else 2 * torch.finfo(q.dtype).eps
+    out_tol = (out_atol or atol) if q.dtype == torch.float32 else 2 * torch.finfo(q.dtype).eps
     torch.testing.assert_close(result.output.float(), out, atol=out_tol, rtol=out_tol)
     expected = expected_statistics(
         pattern, valid, result.distance_bin_edges, sink_k, offset, visible
@@ -409,14 +410,30 @@ def test_transposed_views_and_a_scale_that_is_not_a_power_of_two(causal):
     sink_k=st.integers(0, 3),
     bins=st.one_of(st.none(), st.integers(1, 4)),
 )
+@example(
+    seed=3925, batch=1, kv_heads=1, group=2, n=125, d=80, scale=3.0, rows=1, sink_k=0, bins=None
+)
 def test_fused_causal_kernel_matches_reference(
     seed, batch, kv_heads, group, n, d, scale, rows, sink_k, bins
 ):
     """The compiled one-pass kernel (plain causal self-attention) against the float32
-    oracle: output and every statistic, grouped-query heads, any block of rows."""
+    oracle: output and every statistic, grouped-query heads, any block of rows.
+
+    The output's tolerance is 3·10⁻⁵ (statistics keep 10⁻⁵): where two near-equal weights
+    meet values of opposite sign the output cancels, and the float32 oracle itself is then
+    that far from float64 (the @example: oracle 1.26·10⁻⁵ off, this kernel 2.8·10⁻⁶).
+    """
     q, k, v = random_qkv(seed, batch, kv_heads * group, kv_heads, n, n, d, scale)
     check_against_reference(
-        q, k, v, causal=True, tile=rows, sink_k=sink_k, distance_bins=bins, fused=True
+        q,
+        k,
+        v,
+        causal=True,
+        tile=rows,
+        sink_k=sink_k,
+        distance_bins=bins,
+        fused=True,
+        out_atol=3e-5,
     )
 
 

@@ -68,3 +68,19 @@ def test_argument_checks():
     for scale in (0.0, -0.5, float("nan")):
         with pytest.raises(ValueError, match="scale"):
             causal_attention_statistics(q, q, q, scale=scale, edges=edges, sink_k=1)
+
+
+def test_output_is_allocated_contiguous_for_transposed_views():
+    """Without `out`, strided inputs (the model's [batch, key, head, d] views) still get a
+    C-contiguous output, the layout the compiled GEMM writes (numba refused it before)."""
+    rng = np.random.default_rng(2)
+    q, k, v = (
+        rng.standard_normal((1, 30, 3, 8)).astype(np.float32).transpose(0, 2, 1, 3)
+        for _ in range(3)
+    )
+    edges = np.array([0, 1, 2, 4, 8, 16, 32])
+    got = causal_attention_statistics(q, k, v, scale=0.5, edges=edges, sink_k=1)
+    given = np.empty(q.shape, np.float32)
+    causal_attention_statistics(q, k, v, scale=0.5, edges=edges, sink_k=1, out=given)
+    assert got["output"].flags.c_contiguous
+    np.testing.assert_array_equal(got["output"], given)
