@@ -56,6 +56,21 @@ def flow_comparison(
     labels = [f"{i} {token_label(t)}" for i, t in enumerate(tokens)]
     for row, name in enumerate(names, start=1):
         if isinstance(series[name], str):
+            # An invisible trace gives the row its axes: without one, plotly leaves the
+            # row's axes undrawn, puts the message in the first row, drops the tick labels
+            # of a last row and widens the shared x range.
+            figure.add_trace(
+                go.Scatter(
+                    x=int32([0, max(n - 1, 0)]),
+                    y=float32([0, 0]),
+                    mode="markers",
+                    marker={"opacity": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                ),
+                row=row,
+                col=1,
+            )
             suffix = "" if row == 1 else str(row)
             figure.add_annotation(
                 text="<br>".join(plotly_text(line) for line in textwrap.wrap(series[name], 90)),
@@ -66,7 +81,7 @@ def flow_comparison(
                 showarrow=False,
                 font={"size": 13, "color": "#666666"},
             )
-            figure.update_yaxes(visible=False, row=row, col=1)
+            figure.update_yaxes(visible=False, range=[-1, 1], row=row, col=1)
             continue
         values = float32(series[name])
         if values.shape != (n,):
@@ -107,6 +122,8 @@ def flow_comparison(
             )
         y_title = (y_titles or {}).get(name, "weight")
         figure.update_yaxes(title_text=plotly_text(y_title), rangemode="tozero", row=row, col=1)
+    # One bar per key, edge to edge, whatever the rows hold.
+    figure.update_xaxes(range=[-0.5, n - 0.5], showgrid=False, zeroline=False)
     step = max(1, int(np.ceil(n / 48)))
     figure.update_xaxes(
         tickmode="array",

@@ -80,7 +80,13 @@ def test_flow_comparison_shows_a_message_in_place_of_a_missing_result(check_payl
     series = {"rollout": [0.6, 0.3, 0.1], "relevance": "not available for <model>"}
     figure = flow_comparison(tokens, 2, series, y_titles={"rollout": "share"})
     check_payload(figure)
-    assert [trace.type for trace in figure.data] == ["bar"]
+    assert [trace.type for trace in figure.data] == ["bar", "scatter"]
+    # The message row holds an invisible trace: plotly draws no axes for a row without
+    # one, and then put the message in the first row and widened the shared x range.
+    placeholder = figure.data[1]
+    assert (placeholder.xaxis, placeholder.yaxis) == ("x2", "y2")
+    assert placeholder.marker.opacity == 0 and placeholder.hoverinfo == "skip"
+    assert figure.layout.xaxis.range == figure.layout.xaxis2.range == (-0.5, 2.5)
     texts = [annotation.text for annotation in figure.layout.annotations]
     assert "not available for &lt;model&gt;" in texts  # escaped: plotly shows it literally
     message = figure.layout.annotations[texts.index("not available for &lt;model&gt;")]
