@@ -60,7 +60,7 @@ from torch import Tensor
 
 from headscope.errors import InputError
 from headscope.kernels.reference import visible_keys
-from headscope.solvers.attention import DEFAULT_ROWS, causal_attention_statistics
+from headscope.solvers.attention import DEFAULT_KEYS, DEFAULT_ROWS, causal_attention_statistics
 
 # 128 query rows per tile was fastest or within 3% of it at N = 2048 and 8192 with
 # 12 heads (single-thread CPU time on Zen 5; 16 and 512 rows were 10–40% slower):
@@ -454,13 +454,13 @@ def tiled_attention(
     - `query_tile`: rows per tile (default `default_query_tile`).
     - `fused`: plain causal self-attention statistics on the CPU (no padding, window,
       ALiBi, softcap, extra mask, top-k or maps) run in the compiled one-pass kernel of
-      `solvers.attention` (blocks of `query_tile` rows, default 128, on torch's thread
-      count), the same results to float32 rounding. None: whenever it applies; False:
-      never; True: an error where it does not apply.
+      `solvers.attention` (blocks of `query_tile` rows, default 256, over chunks of
+      2048 keys, on torch's thread count), the same results to float32 rounding.
+      None: whenever it applies; False: never; True: an error where it does not apply.
     Memory: a few float32 buffers of batch·head·query_tile·key, plus the results
     (O(batch·head·(query + key)), top-k O(batch·head·query·k), maps
     4·batch·len(keep_maps_for_heads)·query·key bytes); the fused kernel, per thread,
-    4·(query_tile + 3·d_head)·key bytes.
+    4·(query_tile + 3·d_head)·key bytes (key rounded up to a whole chunk).
     Not differentiable (runs under no_grad): it is an observation kernel.
     """
     _check(q, k, v, attn_mask)
@@ -698,6 +698,7 @@ def _fused_attention(
         sink_k=sink_k,
         workers=torch.get_num_threads(),
         rows=rows,
+        keys=DEFAULT_KEYS,
     )
     del found["output"]  # written into `output`
     _release_free_heap()

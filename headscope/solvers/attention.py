@@ -1,28 +1,35 @@
 """Fused causal self-attention with per-head statistics, compiled over BLAS.
 
 `causal_attention_statistics` computes what `kernels.tiled.tiled_attention` computes for
-plain causal self-attention (no padding, window, ALiBi, softcap or extra mask), in one
-pass over the scores. For every (sequence, head) and every block of `rows` queries:
+plain causal self-attention (no padding, window, ALiBi, softcap or extra mask), reading
+each score from memory at most twice where the torch tiles read it many times. For every
+(sequence, head) and every block of `rows` queries, over the block's keys in chunks of
+`keys` (FlashAttention's tiling, Dao et al. 2022; docs/methods.md §2.8):
 
-1. S = Q_B·Kᵀ over the keys the block sees (one GEMM into a [rows, key] buffer; the
-   block's rows are whole, so the softmax is exact, with no online rescaling);
-2. per row, while the row is in cache: the maximum and its first index (one vectorized
-   pass over order-preserving integer keys), then e = exp(scale·(s − max)) in float32 (a
-   degree-7 polynomial on a range-reduced argument, relative error ≤ 3·10⁻⁷, vectorized by
-   LLVM; libm's expf would not be), summed per log distance bin together with
-   Σe·(s − max)·scale and Σe·distance; then key mass += e/Z;
-3. O_B = diag(1/Z)·E·V (one GEMM).
+1. S_c = Q_B·K_cᵀ (one GEMM into an L2-sized [rows, keys] tile);
+2. per row: the chunk's maximum and its first index (one vectorized pass over
+   order-preserving integer keys); where it beats the row's running maximum, the row's
+   sums and output are rescaled by exp(scale·(old − new)) (online softmax); then
+   e = exp(scale·(s − max)) in float32 (a degree-7 polynomial on a range-reduced
+   argument, relative error ≤ 3·10⁻⁷, vectorized by LLVM; libm's expf would not be),
+   summed per log distance bin together with Σe·(s − max)·scale and Σe·distance;
+3. O_B += E_c·V_c (one GEMM on the tile while it is in cache).
 
-Entropy = log Z − Σp·x (x = scale·(s − max)), max weight = 1/Z (e = 1 at the maximum),
-argmax = first key of the maximum score, mean distance = Σp·(q − k), sink mass = Σ_{k<sink}p,
-previous-token mass = p[q − 1], histogram bin b += Σ_{q−k ∈ [edges[b], edges[b+1])} p.
+Then, with every row's maximum and Z final: entropy = log Z − Σp·x (x = scale·(s − max)),
+max weight = 1/Z (e = 1 at the maximum), argmax = first key of the maximum score, mean
+distance = Σp·(q − k), histogram bin b = Σ_{q−k ∈ [edges[b], edges[b+1])} p; sink mass,
+previous-token mass and key mass += Σ_q p need each row's final normaliser, so every
+chunk's e stays in a per-worker store (taken at the maximum of its time, recorded per row
+and chunk) and the key mass is one GEMV per chunk over it, read once in order.
 
-Memory beyond the inputs and results: per worker one float32 [rows, key] block and one
-head's q, k, v (4·(rows + 3·d_head)·key bytes: 10.5 MB at 8k tokens, d_head 64). Workers
-are threads of one process-wide pool (the kernel releases the GIL); BLAS is limited to one
-thread while they run (process-wide, through threadpoolctl: concurrent numpy BLAS calls in
-other threads run single-threaded meanwhile). Checked against the float32 reference oracle
-(`kernels.reference`) in tests/kernels/test_tiled.py (test_fused_*).
+Memory beyond the inputs and results: per worker the store, float32 [rows, key rounded up
+to a whole chunk], and one head's q, k, v: 4·(rows + 3·d_head)·key bytes (14 MB at 8k
+tokens, d_head 64). Workers are threads of one process-wide pool (the kernel releases the
+GIL); BLAS is limited to one thread while they run (process-wide, through threadpoolctl:
+concurrent numpy BLAS calls in other threads run single-threaded meanwhile). Checked
+against the float32 reference oracle (`kernels.reference`) in tests/kernels/test_tiled.py
+(test_fused_*) and against float64 where every chunk holds a new maximum
+(tests/solvers/test_fused_attention.py).
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-DEFAULT_ROWS = 128
+DEFAULT_ROWS = 256
+DEFAULT_KEYS = 2048
 
 
 @intrinsic
@@ -113,7 +121,22 @@ def _add_scaled(target, source, factor):
 
 @njit(nogil=True, cache=True)
 def _attend(
-    q, k, v, pairs, group, scale, rows, edges, sink_k, out, per_query, argmax, hist, mass, work
+    q,
+    k,
+    v,
+    pairs,
+    group,
+    scale,
+    rows,
+    keys,
+    edges,
+    sink_k,
+    out,
+    per_query,
+    argmax,
+    hist,
+    mass,
+    work,
 ):
     """One worker: the (sequence, head) pairs listed in `pairs` (see module docstring).
 
@@ -121,17 +144,28 @@ def _attend(
     head is copied into contiguous scratch, O(n·d), so that the model's transposed views
     need no full copy); out `[batch, head, n, d]` C-contiguous; per_query `[5, batch, head,
     n]` = entropy, max weight, sink, previous, mean distance; work: this worker's scratch,
-    (rows + 3·d)·n floats.
+    rows·chunks·keys + 3·n·d floats.
     """
     n, d = q.shape[2], q.shape[3]
     n_bins = edges.shape[0] - 1
-    buffer = work[: rows * n]
-    heads = work[rows * n : (rows + 3 * d) * n]
+    n_chunks = (n + keys - 1) // keys
+    store = work[: rows * n_chunks * keys]
+    heads = work[rows * n_chunks * keys : rows * n_chunks * keys + 3 * n * d]
     qh = heads[: n * d].reshape(n, d)
     kh = heads[n * d : 2 * n * d].reshape(n, d)
     vh = heads[2 * n * d :].reshape(n, d)
+    best = np.empty(rows, np.float32)  # running maximum score per row
+    first = np.empty(rows, np.int64)  # its first key
+    z = np.empty(rows, np.float32)  # Σe, e = exp(scale·(s − best))
+    weighted = np.empty(rows, np.float32)  # Σe·scale·(s − best)
+    distance = np.empty(rows, np.float32)  # Σe·(query − key)
+    bins = np.empty((rows, n_bins), np.float32)
+    used = np.empty((rows, n_chunks), np.float32)  # the maximum each chunk's e was taken at
+    alpha = np.empty(rows, np.float32)  # this chunk's rescaling of the row's sums
+    partial = np.empty((rows, d), np.float32)
     inverse = np.empty(rows, np.float32)
-    row_bins = np.empty(n_bins, np.float32)
+    weights = np.empty(rows, np.float32)
+    accumulated = np.empty(keys, np.float32)
     for index in range(pairs.shape[0]):
         b = pairs[index] // q.shape[1]
         h = pairs[index] % q.shape[1]
@@ -141,47 +175,109 @@ def _attend(
         vh[:] = v[b, kv]
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            block = buffer[: (r1 - r0) * r1].reshape(r1 - r0, r1)
-            np.dot(qh[r0:r1], kh[:r1].T, block)
-            for i in range(r1 - r0):
-                p = r0 + i
-                row = block[i]
-                first = _max_and_first_argmax(row[: p + 1])
-                best = row[first]
-                z = np.float32(0.0)
-                weighted = np.float32(0.0)
-                distance = np.float32(0.0)
-                for bin_index in range(n_bins):
-                    lo = max(p - edges[bin_index + 1] + 1, 0)
-                    hi = p - edges[bin_index] + 1
-                    row_bins[bin_index] = 0.0
-                    if hi > lo:
-                        s, w, t = _exp_segment(row[lo:hi], best, scale, np.float32(p - lo))
-                        row_bins[bin_index] = s
-                        z += s
-                        weighted += w
-                        distance += t
-                inv = np.float32(1.0) / z
-                inverse[i] = inv
-                for bin_index in range(n_bins):
-                    hist[b, h, bin_index] += row_bins[bin_index] * inv
-                sink = np.float32(0.0)
-                for j in range(min(sink_k, p + 1)):
-                    sink += row[j]
-                per_query[0, b, h, p] = np.float32(math.log(z)) - weighted * inv
-                per_query[1, b, h, p] = inv
-                per_query[2, b, h, p] = sink * inv
-                per_query[3, b, h, p] = row[p - 1] * inv if p > 0 else np.float32(0.0)
-                per_query[4, b, h, p] = distance * inv
-                argmax[b, h, p] = first
-                # Key mass while the row is still in cache (a GEMV after the block would
-                # read the whole block from memory again once it outgrows the cache).
-                _add_scaled(mass[b, h, : p + 1], row[: p + 1], inv)
-                row[p + 1 :] = 0.0  # keys right of the query in the diagonal block
+            height = r1 - r0
             target = out[b, h, r0:r1]
-            np.dot(block, vh[:r1], target)
-            for i in range(r1 - r0):
-                target[i] *= inverse[i]
+            for c0 in range(0, r1, keys):
+                c1 = min(r1, c0 + keys)
+                chunk = c0 // keys
+                scores = store[chunk * rows * keys : chunk * rows * keys + height * (c1 - c0)]
+                scores = scores.reshape(height, c1 - c0)
+                np.dot(qh[r0:r1], kh[c0:c1].T, scores)
+                for i in range(height):
+                    p = r0 + i
+                    width = min(c1, p + 1) - c0  # keys of this chunk the query sees
+                    row = scores[i]
+                    alpha[i] = 1.0
+                    if width <= 0:
+                        row[:] = 0.0
+                        continue
+                    j = _max_and_first_argmax(row[:width])
+                    top = row[j]
+                    if c0 == 0:
+                        best[i] = top
+                        first[i] = j
+                        z[i] = 0.0
+                        weighted[i] = 0.0
+                        distance[i] = 0.0
+                        bins[i, :] = 0.0
+                    elif top > best[i]:
+                        shift = (best[i] - top) * scale
+                        factor = _exp_nonpositive(shift)
+                        weighted[i] = factor * (weighted[i] + shift * z[i])
+                        z[i] *= factor
+                        distance[i] *= factor
+                        for bin_index in range(n_bins):
+                            bins[i, bin_index] *= factor
+                        alpha[i] = factor
+                        best[i] = top
+                        first[i] = c0 + j
+                    used[i, chunk] = best[i]
+                    # Only the bins this chunk's distances reach: p − c0 − width + 1 .. p − c0.
+                    bin_index = np.searchsorted(edges, p - c0 - width + 1, side="right") - 1
+                    while bin_index < n_bins and edges[bin_index] <= p - c0:
+                        lo = max(p - edges[bin_index + 1] + 1, c0)
+                        hi = min(p - edges[bin_index] + 1, c0 + width)
+                        if hi > lo:
+                            s, w, t = _exp_segment(
+                                row[lo - c0 : hi - c0], best[i], scale, np.float32(p - lo)
+                            )
+                            bins[i, bin_index] += s
+                            z[i] += s
+                            weighted[i] += w
+                            distance[i] += t
+                        bin_index += 1
+                    row[width:] = 0.0  # keys right of the query
+                if c0 == 0:
+                    np.dot(scores, vh[c0:c1], target)
+                else:
+                    np.dot(scores, vh[c0:c1], partial[:height])
+                    for i in range(height):
+                        for col in range(d):
+                            target[i, col] = target[i, col] * alpha[i] + partial[i, col]
+            # The row sums are final: normalise; then the key mass, chunk by chunk as one
+            # GEMV over that chunk's kept e (read in order), weighted per row by its
+            # normaliser and the maximum the chunk's e were taken at.
+            for i in range(height):
+                p = r0 + i
+                inv = np.float32(1.0) / z[i]
+                inverse[i] = inv
+                for col in range(d):
+                    target[i, col] *= inv
+                for bin_index in range(n_bins):
+                    hist[b, h, bin_index] += bins[i, bin_index] * inv
+                sink = np.float32(0.0)
+                previous = np.float32(0.0)
+                for key in range(min(sink_k, p + 1)):
+                    sink += _kept(store, used, best, scale, rows, keys, r1, i, key) * inv
+                if p > 0:
+                    previous = _kept(store, used, best, scale, rows, keys, r1, i, p - 1) * inv
+                per_query[0, b, h, p] = np.float32(math.log(z[i])) - weighted[i] * inv
+                per_query[1, b, h, p] = inv
+                per_query[2, b, h, p] = sink
+                per_query[3, b, h, p] = previous
+                per_query[4, b, h, p] = distance[i] * inv
+                argmax[b, h, p] = first[i]
+            for c0 in range(0, r1, keys):
+                chunk = c0 // keys
+                width = min(r1, c0 + keys) - c0
+                region = store[chunk * rows * keys : chunk * rows * keys + height * width]
+                for i in range(height):
+                    weights[i] = 0.0
+                    if r0 + i >= c0:
+                        shift = (used[i, chunk] - best[i]) * scale
+                        weights[i] = _exp_nonpositive(shift) * inverse[i]
+                np.dot(weights[:height], region.reshape(height, width), accumulated[:width])
+                _add_scaled(mass[b, h, c0 : c0 + width], accumulated[:width], np.float32(1.0))
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _kept(store, used, best, scale, rows, keys, r1, i, key):
+    """e of row i at `key` as kept in `store`, rescaled to the row's final maximum."""
+    chunk = key // keys
+    c0 = chunk * keys
+    width = min(r1, c0 + keys) - c0
+    value = store[chunk * rows * keys + i * width + key - c0]
+    return value * _exp_nonpositive((used[i, chunk] - best[i]) * scale)
 
 
 _BLAS_LOCK = threading.Lock()
@@ -222,6 +318,7 @@ def causal_attention_statistics(
     sink_k: int,
     workers: int = 1,
     rows: int = DEFAULT_ROWS,
+    keys: int = DEFAULT_KEYS,
     out: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Causal self-attention output and statistics (see the module docstring).
@@ -243,8 +340,8 @@ def causal_attention_statistics(
         raise ValueError(f"{heads} query heads cannot share {k.shape[1]} kv heads")
     if edges.ndim != 1 or edges.shape[0] < 2 or edges[0] != 0 or edges[-1] < n:
         raise ValueError(f"distance bin edges must run from 0 to at least {n}, got {edges}")
-    if sink_k < 0 or rows < 1:
-        raise ValueError(f"sink_k must be >= 0 and rows >= 1, got {sink_k}, {rows}")
+    if sink_k < 0 or rows < 1 or keys < 1:
+        raise ValueError(f"sink_k must be >= 0, rows and keys >= 1, got {sink_k}, {rows}, {keys}")
     if not scale > 0:  # the exp takes scale·(s − max) ≤ 0
         raise ValueError(f"scale must be > 0, got {scale}")
     if out is None:
@@ -256,9 +353,10 @@ def causal_attention_statistics(
     hist = np.zeros((batch, heads, edges.shape[0] - 1), np.float32)
     mass = np.zeros((batch, heads, n), np.float32)
     group = heads // k.shape[1]
-    args = (group, np.float32(scale), rows, edges, sink_k, out, per_query, argmax, hist, mass)
+    rows, keys = max(1, min(rows, n)), max(1, min(keys, n))  # scratch no larger than needed
+    args = (group, np.float32(scale), rows, keys, edges, sink_k, out, per_query, argmax, hist, mass)
     chunks = np.array_split(np.arange(batch * heads), max(1, min(workers, batch * heads)))
-    work = np.empty((len(chunks), (rows + 3 * d) * n), np.float32)
+    work = np.empty((len(chunks), rows * -(-n // keys) * keys + 3 * d * n), np.float32)
     with _single_threaded_blas():
         if len(chunks) == 1:
             _attend(q, k, v, chunks[0], *args, work[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -407,34 +408,47 @@ def test_transposed_views_and_a_scale_that_is_not_a_power_of_two(causal):
     d=st.sampled_from([1, 4, 16, 64, 80]),
     scale=st.sampled_from([0.5, 1.0, 3.0]),
     rows=st.integers(1, 70),
+    keys=st.integers(1, 70),
     sink_k=st.integers(0, 3),
     bins=st.one_of(st.none(), st.integers(1, 4)),
 )
 @example(
-    seed=3925, batch=1, kv_heads=1, group=2, n=125, d=80, scale=3.0, rows=1, sink_k=0, bins=None
+    seed=3925,
+    batch=1,
+    kv_heads=1,
+    group=2,
+    n=125,
+    d=80,
+    scale=3.0,
+    rows=1,
+    keys=2048,
+    sink_k=0,
+    bins=None,
 )
 def test_fused_causal_kernel_matches_reference(
-    seed, batch, kv_heads, group, n, d, scale, rows, sink_k, bins
+    seed, batch, kv_heads, group, n, d, scale, rows, keys, sink_k, bins
 ):
     """The compiled one-pass kernel (plain causal self-attention) against the float32
-    oracle: output and every statistic, grouped-query heads, any block of rows.
+    oracle: output and every statistic, grouped-query heads, any block of rows and chunk
+    of keys (a row's maximum met in a later chunk rescales its running sums).
 
     The output's tolerance is 3·10⁻⁵ (statistics keep 10⁻⁵): where two near-equal weights
     meet values of opposite sign the output cancels, and the float32 oracle itself is then
     that far from float64 (the @example: oracle 1.26·10⁻⁵ off, this kernel 2.8·10⁻⁶).
     """
     q, k, v = random_qkv(seed, batch, kv_heads * group, kv_heads, n, n, d, scale)
-    check_against_reference(
-        q,
-        k,
-        v,
-        causal=True,
-        tile=rows,
-        sink_k=sink_k,
-        distance_bins=bins,
-        fused=True,
-        out_atol=3e-5,
-    )
+    with mock.patch.object(tiled_module, "DEFAULT_KEYS", keys):
+        check_against_reference(
+            q,
+            k,
+            v,
+            causal=True,
+            tile=rows,
+            sink_k=sink_k,
+            distance_bins=bins,
+            fused=True,
+            out_atol=3e-5,
+        )
 
 
 @pytest.mark.parametrize("n", [700, 1030])

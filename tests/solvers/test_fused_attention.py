@@ -1,7 +1,8 @@
 """The compiled attention kernel's pieces: its exp, its argmax, its argument checks.
 
 Its results against the float32 oracle are tested through `tiled_attention` in
-tests/kernels/test_tiled.py (test_fused_*)."""
+tests/kernels/test_tiled.py (test_fused_*); here, against float64 where every chunk of keys
+holds a new maximum."""
 
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ def test_argument_checks():
         causal_attention_statistics(q, q, q, scale=1.0, edges=edges[:-1], sink_k=1)
     with pytest.raises(ValueError, match="sink_k"):
         causal_attention_statistics(q, q, q, scale=1.0, edges=edges, sink_k=-1)
+    for blocks in ({"rows": 0}, {"keys": 0}):
+        with pytest.raises(ValueError, match="keys"):
+            causal_attention_statistics(q, q, q, scale=1.0, edges=edges, sink_k=1, **blocks)
     for scale in (0.0, -0.5, float("nan")):
         with pytest.raises(ValueError, match="scale"):
             causal_attention_statistics(q, q, q, scale=scale, edges=edges, sink_k=1)
@@ -84,3 +88,54 @@ def test_output_is_allocated_contiguous_for_transposed_views():
     causal_attention_statistics(q, k, v, scale=0.5, edges=edges, sink_k=1, out=given)
     assert got["output"].flags.c_contiguous
     np.testing.assert_array_equal(got["output"], given)
+
+
+def _float64_statistics(q, k, v, scale, edges, sink_k):
+    """Dense float64 causal attention and its statistics, one sequence and head."""
+    n = q.shape[0]
+    scores = (q.astype(np.float64) @ k.astype(np.float64).T) * scale
+    scores[np.triu_indices(n, 1)] = -np.inf
+    p = np.exp(scores - scores.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    distance = np.arange(n)[:, None] - np.arange(n)[None, :]
+    logp = np.log(np.where(p > 0, p, 1.0))
+    bins = np.digitize(np.maximum(distance, 0), edges) - 1
+    return {
+        "output": p @ v.astype(np.float64),
+        "entropy": -(p * logp).sum(1),
+        "max_weight": p.max(1),
+        "argmax_key": p.argmax(1),
+        "sink_mass": p[:, :sink_k].sum(1),
+        "previous_token_mass": np.r_[0.0, p[np.arange(1, n), np.arange(n - 1)]],
+        "mean_distance": (p * np.maximum(distance, 0)).sum(1),
+        "key_mass": p.sum(0),
+        "distance_histogram": np.array([(p * (bins == b)).sum() for b in range(len(edges) - 1)]),
+    }
+
+
+@pytest.mark.parametrize(("rows", "keys"), [(5, 3), (7, 1), (64, 16), (13, 100)])
+def test_a_maximum_in_every_later_chunk_rescales_exactly(rows, keys):
+    """Scores that grow with the key index put each row's maximum in its last chunk, so
+    every chunk rescales the running sums and the output: still the dense float64 answer."""
+    n, d = 90, 8
+    rng = np.random.default_rng(rows * keys)
+    direction = rng.standard_normal(d)
+    q = np.tile(direction, (n, 1)).astype(np.float32)
+    k = np.linspace(0.0, 3.0, n)[:, None] * direction + 0.01 * rng.standard_normal((n, d))
+    k = k.astype(np.float32)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    edges = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128])
+    got = causal_attention_statistics(
+        q[None, None],
+        k[None, None],
+        v[None, None],
+        scale=0.5,
+        edges=edges,
+        sink_k=2,
+        rows=rows,
+        keys=keys,
+    )
+    want = _float64_statistics(q, k, v, 0.5, edges, 2)
+    assert (want["argmax_key"] == np.arange(n)).mean() > 0.9  # the last key wins
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name][0, 0], value, rtol=2e-5, atol=2e-6, err_msg=name)
