@@ -9,7 +9,7 @@ medians to SDPA, plus the largest difference between the two kernels' outputs an
 statistics. Threads: --threads for torch, the same number of kernel workers.
 
 Usage: .venv/bin/python benchmarks/kernel.py [--sizes 2048,8192] [--heads 12] [--d-head 64]
-       [--rows 128] [--repeats 5] [--skip-tiles] [--out benchmarks/results/kernel.json]
+       [--rows 256] [--repeats 5] [--skip-tiles] [--out benchmarks/results/kernel.json]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from headscope.kernels.tiled import tiled_attention
+from headscope.solvers.attention import DEFAULT_ROWS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernel.json"
 COMPARED = ("entropy", "max_weight", "sink_mass", "previous_token_mass", "mean_distance")
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="2048,4096,8192")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--d-head", type=int, default=64)
-    parser.add_argument("--rows", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-tiles", action="store_true", help="time SDPA and fused only")
