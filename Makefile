@@ -68,6 +68,7 @@ bench: install-test
 	$(BIN)/python benchmarks/heads.py
 	$(BIN)/python benchmarks/capture.py
 	$(BIN)/python benchmarks/kernel.py
+	$(BIN)/python benchmarks/compiled_tiles.py
 	$(BIN)/python benchmarks/dashboard.py
 
 clean:

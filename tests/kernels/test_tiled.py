@@ -464,6 +464,22 @@ def test_fused_kernel_on_long_rows_and_transposed_views(n):
         torch.testing.assert_close(getattr(fused, name), getattr(tiles, name), atol=2e-5, rtol=1e-5)
 
 
+def test_fused_kernel_trims_the_heap_only_at_activation_sizes(monkeypatch):
+    """malloc_trim after a fused call keeps the model's activations from fragmenting the
+    heap, but costs the trim and the next allocations' page faults: only outputs of at
+    least _TRIM_BYTES (activation-sized layers) pay it."""
+    trims = []
+    monkeypatch.setattr(tiled_module, "_release_free_heap", lambda: trims.append(1))
+    q, k, v = random_qkv(4, 1, 2, 2, 40, 40, 8)
+    tiled_attention(q, k, v, causal=True)
+    assert trims == []
+    monkeypatch.setattr(tiled_module, "_TRIM_BYTES", q.numel() * 4)
+    tiled_attention(q, k, v, causal=True)
+    assert trims == [1]
+    tiled_attention(q, k, v, causal=True, fused=False)  # the torch tiles never trim
+    assert trims == [1]
+
+
 def test_fused_kernel_is_the_default_where_it_applies(monkeypatch):
     """Plain causal statistics take the compiled path (no torch softmax over tiles);
     anything it does not cover takes the tiles, and fused=True says why it cannot."""
