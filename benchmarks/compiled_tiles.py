@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from kernel import interleaved, machine  # benchmarks/kernel.py, beside this script
 
 from headscope.kernels.tiled import distance_bin_edges, tiled_attention
 
@@ -86,12 +85,6 @@ def _all_tiles(stats, q, k, v, rows: int, edges: torch.Tensor, scale: float) -> 
     ]
 
 
-def _time(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
 def measure(n: int, heads: int, d_head: int, rows: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(n)
     q4, k4, v4 = (torch.randn(1, n, heads, d_head, generator=g).transpose(1, 2) for _ in range(3))
@@ -110,13 +103,7 @@ def measure(n: int, heads: int, d_head: int, rows: int, repeats: int) -> dict:
         "eager tiles": lambda: _all_tiles(tile_statistics, q, k, v, rows, edges, scale),
         "compiled tiles": lambda: _all_tiles(compiled, q, k, v, rows, edges, scale),
     }
-    for run in runs.values():  # warm-up
-        run()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(repeats):
-        order = list(runs) if round_ % 2 == 0 else list(reversed(runs))
-        for name in order:
-            samples[name].append(_time(runs[name]))
+    samples = interleaved(runs, repeats)
     medians = {name: statistics.median(s) for name, s in samples.items()}
     eager, fast = runs["eager tiles"](), runs["compiled tiles"]()
     difference = max(
@@ -150,14 +137,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine(args.threads),
         "results": [],
     }
     names = ("sdpa", "fused", "eager tiles", "compiled tiles")

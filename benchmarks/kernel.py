@@ -38,6 +38,34 @@ def _time(run) -> float:
     return time.perf_counter() - start
 
 
+def interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """One untimed call of each run (compiled code loaded, buffers touched), then `repeats`
+    rounds, each timing every run once, in reverse order every other round."""
+    for run in runs.values():
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(repeats):
+        order = list(runs) if round_ % 2 == 0 else list(reversed(runs))
+        for name in order:
+            samples[name].append(_time(runs[name]))
+    return samples
+
+
+def machine(threads: int) -> dict:
+    """What the results were measured on."""
+    import numba
+
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numba": numba.__version__,
+        "load_average": os.getloadavg(),
+    }
+
+
 def measure(n: int, heads: int, d_head: int, rows: int, repeats: int, tiles: bool) -> dict:
     g = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(1, n, heads, d_head, generator=g).transpose(1, 2) for _ in range(3))
@@ -47,13 +75,7 @@ def measure(n: int, heads: int, d_head: int, rows: int, repeats: int, tiles: boo
     }
     if tiles:
         runs["tiles"] = lambda: tiled_attention(q, k, v, causal=True, fused=False)
-    for run in runs.values():  # warm-up: compiled code loaded, buffers touched
-        run()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(repeats):
-        order = list(runs) if round_ % 2 == 0 else list(reversed(runs))
-        for name in order:
-            samples[name].append(_time(runs[name]))
+    samples = interleaved(runs, repeats)
     row = {"n": n, "heads": heads, "d_head": d_head, "rows": rows, "samples": samples}
     medians = {name: statistics.median(s) for name, s in samples.items()}
     row["median_s"] = medians
@@ -81,19 +103,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    import numba
-
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numba": numba.__version__,
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine(args.threads),
         "results": [],
     }
     print(f"{'N':>6} | {'SDPA s':>8} | {'fused s':>8} | {'tiles s':>8} | fused/SDPA | tiles/SDPA")
