@@ -13,13 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dash import Dash, Input, Output, State, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from headscope.dashboard.background import job_options, on_death
 from headscope.dashboard.components import card, graph, page_header, progress_block, table_panel
-from headscope.dashboard.inputs import check_number
-from headscope.dashboard.messages import alert, describe
+from headscope.dashboard.inputs import as_int, check_number
+from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession
+from headscope.dashboard.state import (
+    RETRIEVAL,
+    RETRIEVAL_SETTINGS,
+    decode_retrieval,
+    encode_retrieval,
+    state_out,
+    state_out_id,
+)
 from headscope.errors import InputError
 from headscope.experiments.retrieval import RetrievalStudy, gate_scores, retrieval_study
 from headscope.figures.retrieval import ablation_bars, score_heatmap
@@ -27,9 +35,10 @@ from headscope.figures.style import message_figure
 
 OUTPUT_IDS = ("ret-retrieval", "ret-gates", "ret-peak", "ret-echo", "ret-checks")
 START = "Press Find retrieval heads"
-#: Limits of the page's task settings (the toy runs the defaults in about 10 s).
-MAX_PROMPTS = 64
-MAX_SOURCE = 48
+#: The task settings' inputs, in `RETRIEVAL_SETTINGS` order (the URL's `retrieval=`).
+SETTING_IDS = ("ret-prompts", "ret-source", "ret-sink", "ret-window")
+MAX_PROMPTS = RETRIEVAL_SETTINGS[0][3]
+MAX_SOURCE = RETRIEVAL_SETTINGS[1][3]
 
 
 def _number(component_id: str, label: str, value: int, low: int, high: int) -> html.Div:
@@ -65,10 +74,13 @@ def layout(session: ModelSession) -> list:
             None,
             html.Div(
                 [
-                    _number("ret-prompts", "prompts", 16, 2, MAX_PROMPTS),
-                    _number("ret-source", "copied tokens", 16, 4, MAX_SOURCE),
-                    _number("ret-sink", "sink keys", 1, 0, 8),
-                    _number("ret-window", "recent window", 4, 1, 16),
+                    *(
+                        _number(component_id, label, default, low, high)
+                        for component_id, (_, label, low, high, default) in zip(
+                            SETTING_IDS, RETRIEVAL_SETTINGS, strict=True
+                        )
+                    ),
+                    state_out("retrieval"),
                     html.Button(
                         "Find retrieval heads", id="ret-run", className="hs-button", n_clicks=0
                     ),
@@ -225,10 +237,12 @@ def study_outputs(
             f"{spec.name} is not a causal language model with a trained LM head: retrieval "
             "and streaming heads are defined during generation"
         )
-    n_prompts = int(check_number(prompts, 2, MAX_PROMPTS, 16))
-    n_source = int(check_number(source, 4, MAX_SOURCE, 16))
-    n_sink = int(check_number(sink, 0, 8, 1))
-    n_window = int(check_number(window, 1, 16, 4))
+    n_prompts, n_source, n_sink, n_window = (
+        int(check_number(value, low, high, default))
+        for value, (_, _, low, high, default) in zip(
+            (prompts, source, sink, window), RETRIEVAL_SETTINGS, strict=True
+        )
+    )
     with session.lock:
         study = retrieval_study(
             model,
@@ -248,12 +262,54 @@ def study_outputs(
     return (*figures, label_table(study), alert(summary(study), kind="info"))
 
 
+def sync_settings(trigger: object, view: object, values: tuple) -> tuple:
+    """(the four settings' values, state edits) between the inputs and the URL's
+    `retrieval=` (`dashboard.state`): when the page opens or the URL changes, the
+    state sets the inputs; when an input changes to a valid value, the state (and so
+    the URL) follows. Values out of range or not whole are ignored either way."""
+    unchanged = (no_update,) * len(SETTING_IDS)
+    if trigger is None or trigger == "view-state":
+        current = view if isinstance(view, dict) else {}
+        try:
+            wanted = decode_retrieval(current.get(RETRIEVAL))
+        except InputError:
+            return (*unchanged, no_update)
+        return (*wanted, no_update)
+    numbers = [as_int(value) for value in values]
+    if len(numbers) != len(SETTING_IDS) or any(number is None for number in numbers):
+        return (*unchanged, no_update)
+    text = encode_retrieval(numbers)
+    try:
+        decode_retrieval(text)  # each in its range
+    except InputError:
+        return (*unchanged, no_update)
+    return (*unchanged, {RETRIEVAL: text})
+
+
 def _failed(message: str) -> tuple:
     blank = message_figure(message)
     return (*(blank,) * len(OUTPUT_IDS), html.Div(), alert(message))
 
 
 def register(app: Dash, session: ModelSession, manager) -> None:
+    # The URL's retrieval= sets the task settings; edited settings go to the URL.
+    @app.callback(
+        *(Output(key, "value") for key in SETTING_IDS),
+        Input("view-state", "data"),
+    )
+    @guarded(lambda message: (no_update,) * len(SETTING_IDS), "the retrieval settings")
+    def _settings(view):
+        return sync_settings("view-state", view, ())[: len(SETTING_IDS)]
+
+    @app.callback(
+        Output(state_out_id("retrieval"), "data"),
+        *(Input(key, "value") for key in SETTING_IDS),
+        prevent_initial_call=True,
+    )
+    @guarded(lambda message: no_update, "the retrieval settings in the URL")
+    def _report(*values):
+        return sync_settings("ret-prompts", None, values)[-1]
+
     @app.callback(
         *(Output(key, "figure") for key in OUTPUT_IDS),
         Output("ret-labels", "children"),
@@ -276,4 +332,4 @@ def register(app: Dash, session: ModelSession, manager) -> None:
             return _failed(describe(error, "the retrieval job"))
 
 
-__all__ = ["label_rows", "layout", "register", "study_outputs", "summary"]
+__all__ = ["label_rows", "layout", "register", "study_outputs", "summary", "sync_settings"]

@@ -12,7 +12,9 @@ here, as query parameters in a compact form:
 - `score=induction`, `steps=0,3000`, `delta=importance`, `match=1`: the
   dynamics page's score over steps (a taxonomy category it offers), the two
   checkpoints it diffs (A,B: steps of the built-in series), the delta it shows
-  and the layer of its head matching (a layer of the series' model).
+  and the layer of its head matching (a layer of the series' model);
+- `retrieval=16,16,1,4`: the retrieval page's task settings (prompts, copied
+  tokens, sink keys, recent window; `RETRIEVAL_SETTINGS` holds their ranges).
 
 The browser keeps the state as canonical strings (`{"gates": "1.3:0",
 "heads": "1.3", "metric": "loss", "target": "auto"}`) in two stores, so that
@@ -52,11 +54,21 @@ from headscope.models.spec import ModelSpec
 GATES, HEADS, METRIC, TARGET = "gates", "heads", "metric", "target"
 LAYER, CLUSTER = "layer", "cluster"
 SCORE, STEPS, DELTA, MATCH = "score", "steps", "delta", "match"
+RETRIEVAL = "retrieval"
 #: The URL parameters this module owns (the prompt is `routes`').
 STATE_KEYS: tuple[str, ...] = (
     *(GATES, HEADS, METRIC, TARGET),
     *(LAYER, CLUSTER),
     *(SCORE, STEPS, DELTA, MATCH),
+    RETRIEVAL,
+)
+#: The retrieval page's task settings, in the URL's order: (session-file key, label,
+#: lowest, highest, default). The toy model runs the defaults in about 10 s.
+RETRIEVAL_SETTINGS: tuple[tuple[str, str, int, int, int], ...] = (
+    ("prompts", "prompts", 2, 64, 16),
+    ("source", "copied tokens", 4, 48, 16),
+    ("sink", "sink keys", 0, 8, 1),
+    ("window", "recent window", 1, 16, 4),
 )
 #: Longest value of one parameter: 4 096 heads of "ll.hh:0.1234" fit.
 MAX_VALUE_CHARS = 64_000
@@ -259,6 +271,30 @@ def decode_steps(text: object, offered: Sequence[int]) -> tuple[int, int]:
     return pair
 
 
+def decode_retrieval(text: object) -> tuple[int, ...]:
+    """The retrieval page's settings of "16,16,1,4" (prompts, copied tokens, sink
+    keys, recent window), each a whole number in its `RETRIEVAL_SETTINGS` range."""
+    items = _items(text, "retrieval settings")
+    names = ", ".join(label for _, label, *_ in RETRIEVAL_SETTINGS)
+    if len(items) != len(RETRIEVAL_SETTINGS) or not all(
+        re.fullmatch(r"\d{1,4}", item) for item in items
+    ):
+        raise InputError(
+            f"the retrieval settings {shown(text)} are not {len(RETRIEVAL_SETTINGS)} whole "
+            f"numbers ({names}), e.g. 16,16,1,4"
+        )
+    values = tuple(int(item) for item in items)
+    for value, (_, label, low, high, _) in zip(values, RETRIEVAL_SETTINGS, strict=True):
+        if not low <= value <= high:
+            raise InputError(f"the retrieval page's {label} is {value}: from {low} to {high}")
+    return values
+
+
+def encode_retrieval(values: Sequence[int]) -> str:
+    """The retrieval page's settings in the URL's form, e.g. "16,16,1,4"."""
+    return ",".join(str(int(value)) for value in values)
+
+
 # -- the URL -------------------------------------------------------------------------------------
 
 
@@ -285,6 +321,8 @@ def canonical(key: str, value: object, spec: ModelSpec | None, choices: Choices)
         return check_choice(value, choices.deltas, "the delta")
     if key == MATCH:
         return str(decode_layer(value, None, choices.series_layers, choices.series))
+    if key == RETRIEVAL:
+        return encode_retrieval(decode_retrieval(value))
     raise InputError(f"unknown state {shown(key)}")
 
 
@@ -351,6 +389,15 @@ def session_document(
     layer = _or_none(lambda: decode_layer(state.get(LAYER), spec))
     steps = _or_none(lambda: list(decode_steps(state.get(STEPS), _state_steps(state))))
     match = _or_none(lambda: decode_layer(state.get(MATCH), None))
+    retrieval = _or_none(
+        lambda: dict(
+            zip(
+                (key for key, *_ in RETRIEVAL_SETTINGS),
+                decode_retrieval(state.get(RETRIEVAL)),
+                strict=True,
+            )
+        )
+    )
     return {
         "schema": SESSION_SCHEMA,
         "schema_version": SESSION_VERSION,
@@ -370,6 +417,7 @@ def session_document(
         "steps": steps,
         "delta": state.get(DELTA) if isinstance(state.get(DELTA), str) else None,
         "match": match,
+        "retrieval": retrieval,
     }
 
 
@@ -451,9 +499,9 @@ def read_session(
     """(page path, prompt, state) of a session file, checked: JSON of this
     schema and version, saved for `model_name` (another model is refused with
     its name), a known page, a prompt that is text, gates, heads, metric,
-    target, layer, clustering method, score, steps, delta and matching layer
-    valid here (the last six are optional: files saved before they existed
-    still load).
+    target, layer, clustering method, score, steps, delta, matching layer and
+    retrieval settings valid here (the last seven are optional: files saved
+    before they existed still load).
     InputError with a clear message otherwise."""
     try:
         document = json.loads(data.decode("utf-8"))
@@ -524,6 +572,21 @@ def read_session(
         ):
             raise InputError("the session file's 'steps' must be a list of two steps [A, B]")
         state[STEPS] = canonical(STEPS, ",".join(str(s) for s in steps), spec, choices)
+    settings = document.get(RETRIEVAL)
+    if settings is not None:
+        keys = [key for key, *_ in RETRIEVAL_SETTINGS]
+        if (
+            not isinstance(settings, dict)
+            or set(settings) != set(keys)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in settings.values())
+        ):
+            raise InputError(
+                "the session file's 'retrieval' must hold whole numbers for "
+                + ", ".join(repr(key) for key in keys)
+            )
+        state[RETRIEVAL] = canonical(
+            RETRIEVAL, encode_retrieval([settings[key] for key in keys]), spec, choices
+        )
     return page, prompt, state
 
 

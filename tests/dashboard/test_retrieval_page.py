@@ -1,9 +1,12 @@
 """The Retrieval page: its callback body on the toy (the copying heads 1.0 and 1.3
 come out as retrieval heads in every panel, the labels table and the message carry
 their evidence), encoders refused with a reason, and, in headless Chromium, the page
-run end to end. The screenshot goes to artifacts/dashboard/retrieval.png."""
+run end to end, its settings set from the URL and written back to it. The screenshot
+goes to artifacts/dashboard/retrieval.png."""
 
 from __future__ import annotations
+
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import torch
@@ -59,14 +62,32 @@ def test_encoders_are_refused_with_a_reason(minilm_session):
 @pytest.mark.browser
 def test_the_page_runs_in_the_browser(dash_duo, toy_model, artifacts):
     dash_duo.start_server(create_app(model=toy_model, warm_up=False))
-    dash_duo.wait_for_page(dash_duo.server_url + "/retrieval")
+    # the URL's settings replace the inputs' defaults (16, 16, 1, 4), and the run uses them
+    dash_duo.wait_for_page(dash_duo.server_url + "/retrieval?retrieval=8,12,1,4")
     dash_duo.wait_for_contains_text(".hs-page-title", "Retrieval and streaming", timeout=30)
+    until(lambda: settings(dash_duo)[:2] == ["8", "12"], timeout=20)
     dash_duo.find_element("#ret-run").click()
     dash_duo.wait_for_element("#ret-label-table", timeout=240)
     dash_duo.wait_for_contains_text("#ret-label-table", "dormant", timeout=30)
     until(lambda: dash_duo.find_elements("#ret-retrieval .heatmaplayer"), timeout=30, poll=0.3)
-    assert "copy steps" in dash_duo.find_element("#ret-message").text
+    message = dash_duo.find_element("#ret-message").text
+    assert "copy steps" in message and "8 prompts, 12 tokens copied" in message
     height = dash_duo.driver.execute_script("return document.body.scrollHeight")
     dash_duo.driver.set_window_size(1400, max(900, min(int(height) + 40, 4000)))
     dash_duo.driver.save_screenshot(str(artifacts / "retrieval.png"))
+    # an edited setting goes to the address bar, with the others
+    window = dash_duo.find_element("#ret-window")
+    window.clear()
+    window.send_keys("6")
+    until(lambda: url_retrieval(dash_duo) == ["8,12,1,6"], timeout=20)
     assert dash_duo.get_logs() == []
+
+
+def settings(dash_duo) -> list[str]:
+    return [
+        dash_duo.find_element(f"#{key}").get_attribute("value") for key in retrieval.SETTING_IDS
+    ]
+
+
+def url_retrieval(dash_duo) -> list[str] | None:
+    return parse_qs(urlparse(dash_duo.driver.current_url).query).get("retrieval")

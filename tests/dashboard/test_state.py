@@ -16,7 +16,16 @@ import pytest
 import torch
 from dash import no_update
 
-from headscope.dashboard import clusters, dynamics, importance, playground, routes, shell, state
+from headscope.dashboard import (
+    clusters,
+    dynamics,
+    importance,
+    playground,
+    retrieval,
+    routes,
+    shell,
+    state,
+)
 from headscope.dashboard.examples import TOY_PROMPTS
 from headscope.errors import InputError
 from headscope.experiments.attention import gated_run
@@ -456,5 +465,104 @@ def test_a_session_file_keeps_the_page_state(toy_session):
 )
 def test_invalid_page_state_in_a_session_file_is_refused(toy_session, change, reason):
     document = {**state.session_document("toy-induction", "/", "red cat", {}, None), **change}
+    with pytest.raises(InputError, match=reason):
+        shell.load_session(toy_session, upload(json.dumps(document).encode()))
+
+
+# -- the retrieval page --------------------------------------------------------------------------
+
+
+def test_retrieval_settings_round_trip_through_the_url(toy_session):
+    choices = shell.state_choices(toy_session)
+    search = state.search_with_state(None, {"retrieval": "8,12,2,6"})
+    assert search == "?retrieval=8%2C12%2C2%2C6"
+    parsed, problems = state.state_from_search(search, toy_session.spec, choices)
+    assert problems == [] and parsed == {"retrieval": "8,12,2,6"}
+    # written loosely, read back canonical
+    parsed, _ = state.state_from_search("?retrieval=%2008,012,0,%2016", None, choices)
+    assert parsed == {"retrieval": "8,12,0,16"}
+    # every setting at both ends of its range
+    for index, (_, _, low, high, default) in enumerate(state.RETRIEVAL_SETTINGS):
+        for value in (low, high):
+            values = [d for *_, d in state.RETRIEVAL_SETTINGS]
+            values[index] = value
+            assert state.decode_retrieval(state.encode_retrieval(values)) == tuple(values)
+        assert low <= default <= high
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("8,12,1", "not 4 whole numbers .*prompts, copied tokens, sink keys, recent window"),
+        ("8,12,1,4,5", "not 4 whole numbers"),
+        ("8,12,1.5,4", "not 4 whole numbers"),
+        ("8,-1,1,4", "not 4 whole numbers"),
+        ("1,12,1,4", "prompts is 1: from 2 to 64"),
+        ("8,49,1,4", "copied tokens is 49: from 4 to 48"),
+        ("8,12,9,4", "sink keys is 9: from 0 to 8"),
+        ("8,12,1,0", "recent window is 0: from 1 to 16"),
+        ("%3Cb%3E", "not 4 whole numbers"),
+    ],
+)
+def test_bad_retrieval_settings_are_refused_with_a_reason(toy_session, value, reason):
+    parsed, problems = state.state_from_search(
+        f"?retrieval={value}&layer=1", toy_session.spec, shell.state_choices(toy_session)
+    )
+    assert parsed == {"layer": "1"} and len(problems) == 1
+    assert problems[0].startswith("the URL's retrieval= value was not applied")
+    assert re.search(reason, problems[0]), problems[0]
+
+
+def test_retrieval_inputs_follow_the_view_state():
+    view = {"retrieval": "8,12,2,6", "layer": "0"}
+    assert retrieval.sync_settings("view-state", view, ()) == (8, 12, 2, 6, no_update)
+    unchanged = (no_update,) * 4
+    # an edit puts all four in the state; floats with whole values count (number inputs)
+    assert retrieval.sync_settings("ret-sink", view, (8, 12.0, 3, 6)) == (
+        *unchanged,
+        {"retrieval": "8,12,3,6"},
+    )
+    # values the page does not accept change nothing, either way
+    for bad in ("8,12,9,6", "x", None):
+        assert retrieval.sync_settings(None, {"retrieval": bad}, ()) == (*unchanged, no_update)
+    for values in ((8, 12, 9, 6), (8, None, 1, 4), (8, 12.5, 1, 4), (8, 12, 1)):
+        assert retrieval.sync_settings("ret-prompts", None, values) == (*unchanged, no_update)
+    # the page's inputs start at the settings' defaults
+    layout = str(retrieval.layout(None))
+    for component_id, (*_, default) in zip(
+        retrieval.SETTING_IDS, state.RETRIEVAL_SETTINGS, strict=True
+    ):
+        assert f"id='{component_id}'" in layout and f"value={default}" in layout
+
+
+def test_a_session_file_keeps_the_retrieval_settings(toy_session):
+    view = {"retrieval": "8,12,2,6"}
+    download = shell.save_session(toy_session, "/retrieval", {"prompt": None}, view)
+    document = json.loads(download["content"])
+    assert document["retrieval"] == {"prompts": 8, "source": 12, "sink": 2, "window": 6}
+    href = shell.load_session(toy_session, upload(download["content"].encode()))
+    assert href.startswith("/retrieval?")
+    assert parse_qs(href.partition("?")[2])["retrieval"] == ["8,12,2,6"]
+    # a file saved before the field existed still loads, without it
+    old = {k: v for k, v in document.items() if k != "retrieval"}
+    href = shell.load_session(toy_session, upload(json.dumps(old).encode()))
+    assert "retrieval" not in parse_qs(href.partition("?")[2])
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        ([8, 12, 2, 6], "'retrieval' must hold whole numbers for 'prompts'"),
+        ({"prompts": 8, "source": 12, "sink": 2}, "must hold whole numbers"),
+        ({"prompts": 8, "source": 12, "sink": True, "window": 6}, "must hold whole numbers"),
+        ({"prompts": 8, "source": 12, "sink": 2.5, "window": 6}, "must hold whole numbers"),
+        ({"prompts": 99, "source": 12, "sink": 2, "window": 6}, "prompts is 99: from 2 to 64"),
+    ],
+)
+def test_invalid_retrieval_settings_in_a_session_file_are_refused(toy_session, settings, reason):
+    document = {
+        **state.session_document("toy-induction", "/retrieval", None, {}, None),
+        "retrieval": settings,
+    }
     with pytest.raises(InputError, match=reason):
         shell.load_session(toy_session, upload(json.dumps(document).encode()))
