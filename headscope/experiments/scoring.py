@@ -480,16 +480,7 @@ def score_heads(
             base = stage * 100
             report(base, stage_total, f"{method}…")
             if method == "ablation":
-                effect = ablation_scores(
-                    model,
-                    clean_batch,
-                    metric=bound,
-                    mode=ablation_mode,  # type: ignore[arg-type]
-                    per_prompt=True,
-                )
-                results[method] = MethodScores(
-                    method, bound.sign * effect, labels, SCORE_MEANING[method], effect=effect
-                )
+                results[method] = ablation_method(model, clean_batch, bound, ablation_mode, labels)
             elif method == "gradient":
                 raw = []
                 for i, row in enumerate(rows):
@@ -497,41 +488,19 @@ def score_heads(
                     metric_one = prompt_metric(info.name, [row], one)
                     raw.append(gate_gradients(model, one, metric=metric_one)[0].abs())
                     report(base + 100 * (i + 1) // len(rows), stage_total, "gradient…")
-                magnitudes = torch.stack(raw).double()
-                results[method] = MethodScores(
-                    method,
-                    _normalized_or_zero(magnitudes),
-                    labels,
-                    SCORE_MEANING[method],
-                    raw=magnitudes,
-                    warning=_gradient_warning(magnitudes, info),
-                )
+                results[method] = gradient_method(raw, labels, info)
             elif method == "chg":
-
-                def step(done: int, total: int, base: int = base) -> None:
-                    report(
-                        base + 100 * done // max(1, total),
-                        stage_total,
-                        f"causal head gating: step {done}/{total}",
-                    )
-
-                chg = causal_head_gating(
+                chg, results[method] = chg_method(
                     model,
                     clean_batch,
-                    metric=bound,
+                    bound,
                     seeds=chg_seeds,
                     steps=chg_steps,
-                    lam=CHG_LAMBDA,
                     seed=seed,
-                    progress=False,
-                    callback=step,
-                )
-                results[method] = MethodScores(
-                    method,
-                    chg.facilitation_per_seed.double(),
-                    tuple(f"{group}/seed-{s}" for s in range(chg_seeds)),
-                    SCORE_MEANING[method],
-                    warning=chg.warning,
+                    group=group,
+                    report=lambda done, _total, label, base=base: report(
+                        base + done, stage_total, label
+                    ),
                 )
             else:  # attribution or activation patching
                 per_prompt = []
@@ -553,6 +522,74 @@ def score_heads(
         ablation_mode=ablation_mode,
         chg=chg,
     )
+
+
+def ablation_method(
+    model: HeadscopeModel, batch: TokenBatch, bound: Metric, mode: str, labels: tuple[str, ...]
+) -> MethodScores:
+    """Ablation scores, one unit per prompt (or image) of `batch`: the metric's change
+    with each head's z set to zero or its mean, signed so that larger means more
+    important. Shared by `score_heads` and `score_image_heads`."""
+    effect = ablation_scores(model, batch, metric=bound, mode=mode, per_prompt=True)  # type: ignore[arg-type]
+    return MethodScores(
+        "ablation", bound.sign * effect, labels, SCORE_MEANING["ablation"], effect=effect
+    )
+
+
+def gradient_method(
+    raw: Sequence[Tensor], labels: tuple[str, ...], info: MetricInfo
+) -> MethodScores:
+    """Gradient scores from each unit's |∂metric/∂gate| `[layer, head]` (Michel et al.
+    2019): normalised per unit, the raw magnitudes kept, with a warning where they
+    vanish. Shared by `score_heads` and `score_image_heads`."""
+    magnitudes = torch.stack(list(raw)).double()
+    return MethodScores(
+        "gradient",
+        _normalized_or_zero(magnitudes),
+        labels,
+        SCORE_MEANING["gradient"],
+        raw=magnitudes,
+        warning=_gradient_warning(magnitudes, info),
+    )
+
+
+def chg_method(
+    model: HeadscopeModel,
+    batch: TokenBatch,
+    bound: Metric,
+    *,
+    seeds: int,
+    steps: int,
+    seed: int,
+    group: str,
+    report: Callable[[int, int, str], object],
+) -> tuple[CHGResult, MethodScores]:
+    """Causal Head Gating (Nam et al. 2025) on `batch`, one unit per seed
+    (`{group}/seed-{s}`); `report(done, 100, label)` as its steps go. Shared by
+    `score_heads` and `score_image_heads`."""
+
+    def step(done: int, total: int) -> None:
+        report(100 * done // max(1, total), 100, f"causal head gating: step {done}/{total}")
+
+    chg = causal_head_gating(
+        model,
+        batch,
+        metric=bound,
+        seeds=seeds,
+        steps=steps,
+        lam=CHG_LAMBDA,
+        seed=seed,
+        progress=False,
+        callback=step,
+    )
+    scores = MethodScores(
+        "chg",
+        chg.facilitation_per_seed.double(),
+        tuple(f"{group}/seed-{s}" for s in range(seeds)),
+        SCORE_MEANING["chg"],
+        warning=chg.warning,
+    )
+    return chg, scores
 
 
 def _normalized_or_zero(

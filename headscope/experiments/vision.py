@@ -26,8 +26,7 @@ from torch import Tensor
 from headscope.analyses.relevance import relevance_from_gradients
 from headscope.analyses.vision import PatchGeometry
 from headscope.errors import InputError
-from headscope.experiments.ablation import ablation_scores, clean_metric, pruning_curve
-from headscope.experiments.gating import causal_head_gating
+from headscope.experiments.ablation import clean_metric, pruning_curve
 from headscope.experiments.gradients import gate_gradients
 from headscope.experiments.metrics import Metric, MetricInfo, metric_info, resolve_metric
 from headscope.experiments.relevance import attention_gradients
@@ -223,14 +222,13 @@ def score_image_heads(
     need a gradient, so they take `class_logit` only (accuracy is piecewise
     constant). Deterministic as `score_heads`."""
     from headscope.experiments.scoring import (
-        CHG_LAMBDA,
-        SCORE_MEANING,
         HeadScores,
         MethodScores,
         _detached,
-        _gradient_warning,
-        _normalized_or_zero,
+        ablation_method,
+        chg_method,
         deterministic,
+        gradient_method,
     )
 
     chosen = tuple(methods)
@@ -246,14 +244,10 @@ def score_image_heads(
         bound = resolve_metric(model, info.name, batch, label=labels)
         clean = clean_metric(model, batch, metric=bound)
         for stage, method in enumerate(chosen):
-            report(stage * 100, total, f"{method}…")
+            base = stage * 100
+            report(base, total, f"{method}…")
             if method == "ablation":
-                effect = ablation_scores(
-                    model, batch, metric=bound, mode=ablation_mode, per_prompt=True
-                )
-                results[method] = MethodScores(
-                    method, bound.sign * effect, names, SCORE_MEANING[method], effect=effect
-                )
+                results[method] = ablation_method(model, batch, bound, ablation_mode, names)
             elif method == "gradient":
                 raw = []
                 for i in range(batch.batch_size):
@@ -261,32 +255,18 @@ def score_image_heads(
                     one = batch.select(rows)
                     metric_one = resolve_metric(model, info.name, one, label=labels[rows])
                     raw.append(gate_gradients(model, one, metric=metric_one)[0].abs())
-                magnitudes = torch.stack(raw).double()
-                results[method] = MethodScores(
-                    method,
-                    _normalized_or_zero(magnitudes),
-                    names,
-                    SCORE_MEANING[method],
-                    raw=magnitudes,
-                    warning=_gradient_warning(magnitudes, info),
-                )
+                    report(base + 100 * (i + 1) // batch.batch_size, total, "gradient…")
+                results[method] = gradient_method(raw, names, info)
             else:
-                chg = causal_head_gating(
+                chg, results[method] = chg_method(
                     model,
                     batch,
-                    metric=bound,
+                    bound,
                     seeds=chg_seeds,
                     steps=chg_steps,
-                    lam=CHG_LAMBDA,
                     seed=seed,
-                    progress=False,
-                )
-                results[method] = MethodScores(
-                    method,
-                    chg.facilitation_per_seed.double(),
-                    tuple(f"{group}/seed-{s}" for s in range(chg_seeds)),
-                    SCORE_MEANING[method],
-                    warning=chg.warning,
+                    group=group,
+                    report=lambda done, _total, label, base=base: report(base + done, total, label),
                 )
     report(total, total, "done")
     return HeadScores(

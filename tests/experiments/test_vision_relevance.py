@@ -120,9 +120,21 @@ def test_pruning_curve_ends_match_forwards_by_hand(toy_vit, test_split):
 
 def test_gating_on_the_class_logit_and_refusals(toy_vit, test_split):
     images = [test_split.images[i] for i in range(2)]
+    reports = []
     scores = score_heads(
-        toy_vit, images, methods=("chg", "gradient"), metric="class_logit", chg_seeds=1, chg_steps=2
+        toy_vit,
+        images,
+        methods=("chg", "gradient"),
+        metric="class_logit",
+        chg_seeds=1,
+        chg_steps=2,
+        progress=lambda done, total, label: reports.append((done, total, label)),
     )
+    # progress within each method too: CHG's steps; the gradient's start, then one per image
+    done = [d for d, _, _ in reports]
+    assert done == sorted(done) and reports[-1] == (200, 200, "done")
+    assert any(label.startswith("causal head gating: step 2/") for *_, label in reports)
+    assert [d for d, _, label in reports if label == "gradient…"] == [100, 150, 200]
     assert scores.methods["chg"].scores.shape == (1, 3, 4)
     assert scores.methods["gradient"].scores.shape == (2, 3, 4)
     assert scores.prompt_targets == ("predicted", "predicted")
