@@ -37,13 +37,13 @@ from headscope.dashboard.components import (
     token_chips,
 )
 from headscope.dashboard.head import label_text
-from headscope.dashboard.inputs import check_head, clicked_head
+from headscope.dashboard.inputs import check_head
 from headscope.dashboard.messages import alert, describe, guarded
 from headscope.dashboard.session import ModelSession, PromptState
 from headscope.dashboard.theme import index_string
 from headscope.errors import InputError, RecordFormatError
 from headscope.figures.heads import importance_heatmap, label_grid, layer_head_heatmap
-from headscope.figures.maps import attention_map, grid_head
+from headscope.figures.maps import attention_map
 from headscope.figures.style import display_token, message_figure
 from headscope.models.spec import ModelSpec
 from headscope.records.attention import SCHEMA as RECORD_SCHEMA
@@ -375,19 +375,7 @@ def stats_outputs(session: OfflineSession, store: object) -> tuple:
 
 def open_head(spec: ModelSpec, click_data: object) -> str:
     """The head page path for a click on the overview grid or a summary heatmap."""
-    if not click_data:
-        raise PreventUpdate
-    picked = clicked_head(click_data, spec)
-    if picked is None:
-        try:
-            point = click_data["points"][0]  # type: ignore[index]
-            named = grid_head(point.get("x"), point.get("y"))
-            picked = None if named is None else check_head(spec, *named)
-        except (TypeError, KeyError, IndexError, AttributeError, InputError):
-            picked = None
-    if picked is None:
-        raise PreventUpdate
-    return routes.head_path(*picked)
+    return overview.head_path_of_click(spec, click_data)
 
 
 def _overview_failed(message: str) -> tuple:

@@ -17,6 +17,7 @@ from headscope.errors import InputError
 from headscope.figures.heads import label_grid, layer_head_heatmap
 from headscope.figures.maps import grid_head, head_grid
 from headscope.figures.style import message_figure
+from headscope.models.spec import ModelSpec
 
 SUMMARY_GRAPHS = ("overview-entropy", "overview-sink", "overview-labels")
 
@@ -136,13 +137,20 @@ def _label_text(label: str) -> str:
 
 def open_head(session: ModelSession, click_data: dict | None) -> str:
     """The head page path for a click on the grid or a summary heatmap."""
-    if session.model is None or not click_data:
+    if session.model is None:
         raise PreventUpdate
-    spec = session.model.spec
+    return head_path_of_click(session.model.spec, click_data)
+
+
+def head_path_of_click(spec: ModelSpec, click_data: object) -> str:
+    """The head page path for a click on an overview grid or a summary heatmap of a
+    model of `spec` (PreventUpdate for no click or a cell that names no head)."""
+    if not click_data:
+        raise PreventUpdate
     picked = clicked_head(click_data, spec)
     if picked is None:  # a thumbnail cell: its x and y name the head
         try:
-            point = click_data["points"][0]
+            point = click_data["points"][0]  # type: ignore[index]
             named = grid_head(point.get("x"), point.get("y"))
             picked = None if named is None else check_head(spec, *named)
         except (TypeError, KeyError, IndexError, AttributeError, InputError):
