@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
                     summary = entry.get("error") or (
                         f"{entry['median_s']:.2f} s, peak RSS {entry['peak_rss_gb']:.2f} GB, "
                         f"above load {_fmt(entry.get('peak_above_load_gb'))} GB, "
-                        f"first 64-token forward {entry['prime_s']:.2f} s"
+                        f"first {PRIME_TOKENS}-token forward {entry['prime_s']:.2f} s"
                     )
                     print(f"N={n} {case} (round {round_ + 1}): {summary}", flush=True)
                     save()

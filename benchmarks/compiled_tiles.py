@@ -18,15 +18,12 @@ Usage: .venv/bin/python benchmarks/compiled_tiles.py [--sizes 2048,4096] [--head
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from kernel import interleaved, machine  # benchmarks/kernel.py, beside this script
+from kernel import arguments, interleaved, new_report, write  # benchmarks/kernel.py
 
 from headscope.kernels.tiled import distance_bin_edges, tiled_attention
 
@@ -125,21 +122,11 @@ def measure(n: int, heads: int, d_head: int, rows: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2048,4096")
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--d-head", type=int, default=64)
-    parser.add_argument("--rows", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser = arguments(
+        __doc__.splitlines()[0], sizes="2048,4096", rows=256, repeats=3, results=RESULTS
+    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(args.threads),
-        "results": [],
-    }
+    report = new_report(args.threads)
     names = ("sdpa", "fused", "eager tiles", "compiled tiles")
     print(f"{'N':>6} | compile s | " + " | ".join(f"{name:>14}" for name in names) + " | diff")
     for n in (int(x) for x in args.sizes.split(",")):
@@ -152,9 +139,7 @@ def main() -> None:
             f"{row['compiled_vs_eager_max_difference']:.1e}",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    write(report, args.out)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,37 @@ def machine(threads: int) -> dict:
     }
 
 
+def arguments(
+    description: str, *, sizes: str, rows: int, repeats: int, results: Path
+) -> argparse.ArgumentParser:
+    """The options the kernel benchmarks share (shapes, repeats, threads, output file)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--sizes", default=sizes)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--d-head", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=results)
+    return parser
+
+
+def new_report(threads: int) -> dict:
+    """An empty results document: date, machine, no results yet (threads set for torch)."""
+    torch.set_num_threads(threads)
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(threads),
+        "results": [],
+    }
+
+
+def write(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+
+
 def measure(n: int, heads: int, d_head: int, rows: int, repeats: int, tiles: bool) -> dict:
     g = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(1, n, heads, d_head, generator=g).transpose(1, 2) for _ in range(3))
@@ -92,22 +123,16 @@ def measure(n: int, heads: int, d_head: int, rows: int, repeats: int, tiles: boo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2048,4096,8192")
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--d-head", type=int, default=64)
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = arguments(
+        __doc__.splitlines()[0],
+        sizes="2048,4096,8192",
+        rows=DEFAULT_ROWS,
+        repeats=5,
+        results=RESULTS,
+    )
     parser.add_argument("--skip-tiles", action="store_true", help="time SDPA and fused only")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(args.threads),
-        "results": [],
-    }
+    report = new_report(args.threads)
     print(f"{'N':>6} | {'SDPA s':>8} | {'fused s':>8} | {'tiles s':>8} | fused/SDPA | tiles/SDPA")
     for n in (int(x) for x in args.sizes.split(",")):
         row = measure(n, args.heads, args.d_head, args.rows, args.repeats, not args.skip_tiles)
@@ -120,9 +145,7 @@ def main() -> None:
             f"{tile_ratio}",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    write(report, args.out)
 
 
 if __name__ == "__main__":
