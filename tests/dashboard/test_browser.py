@@ -10,7 +10,7 @@ import time
 from urllib.parse import urlparse
 
 import pytest
-from dash.testing.wait import until
+from browser_wait import until
 from selenium.common.exceptions import NoAlertPresentException
 
 from headscope.dashboard import routes

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from dash.testing.wait import until
+from browser_wait import until
 
 from headscope.dashboard import routes
 from headscope.dashboard.app import create_app

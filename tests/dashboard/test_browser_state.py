@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, quote, urlparse
 import numpy as np
 import pytest
 import torch
-from dash.testing.wait import until
+from browser_wait import until
 from selenium.webdriver.common.keys import Keys
 
 from headscope.dashboard import state

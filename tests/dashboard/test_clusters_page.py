@@ -12,7 +12,7 @@ import json
 import time
 
 import pytest
-from dash.testing.wait import until
+from browser_wait import until
 
 from headscope.dashboard import clusters, routes
 from headscope.dashboard.app import create_app

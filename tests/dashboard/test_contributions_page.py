@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from dash.testing.wait import until
+from browser_wait import until
 
 from headscope.dashboard.app import create_app
 from headscope.dashboard.contributions import contribution_outputs, contribution_page

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from dash.testing.wait import until
+from browser_wait import until
 
 from headscope.analyses.dynamics import phase_change
 from headscope.dashboard import dynamics, routes

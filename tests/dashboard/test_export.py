@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dash.testing.wait import until
+from browser_wait import until
 
 import headscope as hs
 from headscope.dashboard import routes

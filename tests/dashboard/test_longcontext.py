@@ -13,9 +13,9 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from browser_wait import until
 from dash import Patch
 from dash.exceptions import PreventUpdate
-from dash.testing.wait import until
 
 import headscope as hs
 from headscope.dashboard import longcontext as lc

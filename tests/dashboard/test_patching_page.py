@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from dash.testing.wait import until
+from browser_wait import until
 
 from headscope.analyses.ranking import top_heads
 from headscope.dashboard import patching, routes

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import torch
-from dash.testing.wait import until
+from browser_wait import until
 
 from headscope.analyses.retrieval import rank_by
 from headscope.dashboard import retrieval, routes

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dash.testing.wait import until
+from browser_wait import until
 from selenium.webdriver.common.action_chains import ActionChains
 
 from headscope.dashboard import routes

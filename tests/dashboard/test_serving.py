@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from dash.testing.wait import until
+from browser_wait import until
 
 from headscope.dashboard import app as app_module
 from headscope.dashboard import serving

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from dash.testing.wait import until
+from browser_wait import until
 
 import headscope as hs
 from headscope.dashboard import routes, shell, vision
