@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from browser_wait import until
-from dash.testing.errors import TestingTimeoutError
+from dash.testing import errors
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
 
@@ -30,7 +30,7 @@ def test_a_stale_element_is_asked_again_until_the_condition_holds():
 
 def test_a_condition_stale_to_the_end_times_out():
     condition, _ = _answers(StaleElementReferenceException("re-rendered"))
-    with pytest.raises(TestingTimeoutError):
+    with pytest.raises(errors.TestingTimeoutError):
         until(condition, timeout=0.1, poll=0.01)
 
 
