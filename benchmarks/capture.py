@@ -19,6 +19,9 @@ next g, f, a, ...), and the median is over all timed forwards of all rounds:
      after the last attention layer
   g  the floor for f: the Hugging Face SDPA forward without the unembedding (the
      GPT2Model trunk, which ends at ln_f; no [N, vocab] logits)
+--batch B (cases f and g only): a right-padded batch of B prompts instead of one, lengths
+spread evenly from N/B to N (a dataset's prompts padded to the longest): g runs the trunk
+with the padding as `attention_mask`, f captures the batch `model.batch_from_ids` builds.
 Shapes (--shape; random init from GPT2Config, no download): `gpt2-small` (12 layers ×
 12 heads, d_model 768, n_positions 8192; sizes 512-8192) and `long` (4 layers × 8 heads,
 d_model 512, n_positions 32768; sizes 16384 and 32768). Cases a-d return logits, so
@@ -88,7 +91,14 @@ def _load_bridge(directory: Path):
 
 
 def _child(
-    case: str, n: int, directory: Path, repeats: int, threads: int, shape: str, warmup: int = 1
+    case: str,
+    n: int,
+    directory: Path,
+    repeats: int,
+    threads: int,
+    shape: str,
+    warmup: int = 1,
+    batch: int = 1,
 ) -> dict:
     import gc
 
@@ -97,7 +107,9 @@ def _child(
     n_layers, n_heads = SHAPES[shape][:2]
     torch.set_num_threads(threads)
     torch.manual_seed(1)
-    ids = torch.randint(0, 50257, (1, n))
+    ids = torch.randint(0, 50257, (batch, n))
+    lengths = [round(n * (b + 1) / batch) for b in range(batch)]
+    mask = None if batch == 1 else torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
     if case == "a":
         from transformers import AutoModelForCausalLM
@@ -114,16 +126,18 @@ def _child(
         trunk = model.transformer  # GPT2Model: embeddings, blocks, ln_f; no lm_head
 
         def run(ids: torch.Tensor = ids) -> None:
-            trunk(ids)
+            trunk(ids, attention_mask=mask if ids.shape[1] == n else None)
 
     elif case == "f":
         import headscope as hs
 
         model = hs.load_model(directory)
         bridge = model.bridge
+        rows = [row[:length] for row, length in zip(ids.tolist(), lengths, strict=True)]
+        prompts = ids if batch == 1 else model.batch_from_ids(rows)
 
         def run(ids: torch.Tensor = ids) -> None:
-            stats = hs.capture(model, ids, mode="stats")
+            stats = hs.capture(model, prompts if ids.shape[1] == n else ids, mode="stats")
             assert stats.entropy.shape[-3] == n_layers
 
     else:
@@ -190,6 +204,7 @@ def _child(
     return {
         "case": case,
         "n": n,
+        "lengths": lengths,
         "times_s": times,
         "median_s": statistics.median(times),
         "prime_s": prime_s,
@@ -296,7 +311,14 @@ def _machine() -> dict:
 
 
 def _run_case(
-    case: str, n: int, directory: Path, repeats: int, threads: int, shape: str, warmup: int = 1
+    case: str,
+    n: int,
+    directory: Path,
+    repeats: int,
+    threads: int,
+    shape: str,
+    warmup: int = 1,
+    batch: int = 1,
 ) -> dict:
     command = [
         sys.executable,
@@ -315,6 +337,8 @@ def _run_case(
         str(threads),
         "--shape",
         shape,
+        "--batch",
+        str(batch),
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     load_before = os.getloadavg()[0]
@@ -421,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="processes per (case, N)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case")
+    parser.add_argument("--batch", type=int, default=1, help="right-padded prompts (f, g)")
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -428,7 +453,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.child:
         result = _child(
-            args.child, args.n, args.model_dir, args.repeats, args.threads, args.shape, args.warmup
+            args.child,
+            args.n,
+            args.model_dir,
+            args.repeats,
+            args.threads,
+            args.shape,
+            args.warmup,
+            args.batch,
         )
         print(json.dumps(result), flush=True)
         return
@@ -444,8 +476,10 @@ def main(argv: list[str] | None = None) -> None:
     cases = [c for c in args.cases.split(",") if c]
     if any(c not in CASES for c in cases) or max(sizes) > positions:
         parser.error(f"cases must be among {CASES} and sizes at most {positions}")
-    if args.rounds < 1 or args.repeats < 1:
-        parser.error("--rounds and --repeats must be >= 1")
+    if args.rounds < 1 or args.repeats < 1 or args.batch < 1:
+        parser.error("--rounds, --repeats and --batch must be >= 1")
+    if args.batch > 1 and set(cases) - {"f", "g"}:
+        parser.error("--batch takes the cases f and g only")
     rows: dict[int, dict[str, dict]] = {}
     report = {
         "benchmark": "capture",
@@ -458,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
             "heads": heads,
             "d_model": d_model,
             "n_positions": positions,
-            "batch": 1,
+            "batch": args.batch,
         },
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -486,7 +520,14 @@ def main(argv: list[str] | None = None) -> None:
                             print(f"N={n} b: skipped, would need {need:.1f} GB", flush=True)
                             continue
                     entry = _run_case(
-                        case, n, directory, args.repeats, args.threads, args.shape, args.warmup
+                        case,
+                        n,
+                        directory,
+                        args.repeats,
+                        args.threads,
+                        args.shape,
+                        args.warmup,
+                        args.batch,
                     )
                     entry["round"] = round_
                     runs.setdefault(case, []).append(entry)

@@ -8,8 +8,13 @@ compiled one-pass kernel (`fused=True`: output and every statistic) and with the
 medians to SDPA, plus the largest difference between the two kernels' outputs and
 statistics. Threads: --threads for torch, the same number of kernel workers.
 
+--padded B: a right-padded batch instead, B sequences of lengths spread evenly from N/B to
+N (a dataset's prompts padded to the longest); SDPA then takes the causal and padding mask
+as a boolean `attn_mask` (as a model's padded forward does), the kernels the padding mask.
+
 Usage: .venv/bin/python benchmarks/kernel.py [--sizes 2048,8192] [--heads 12] [--d-head 64]
-       [--rows 256] [--repeats 5] [--skip-tiles] [--out benchmarks/results/kernel.json]
+       [--rows 256] [--repeats 5] [--skip-tiles] [--padded B]
+       [--out benchmarks/results/kernel.json]
 """
 
 from __future__ import annotations
@@ -97,17 +102,30 @@ def write(report: dict, out: Path) -> None:
     print(f"wrote {out}")
 
 
-def measure(n: int, heads: int, d_head: int, rows: int, repeats: int, tiles: bool) -> dict:
+def measure(
+    n: int, heads: int, d_head: int, rows: int, repeats: int, tiles: bool, padded: int = 0
+) -> dict:
     g = torch.Generator().manual_seed(n)
-    q, k, v = (torch.randn(1, n, heads, d_head, generator=g).transpose(1, 2) for _ in range(3))
-    runs = {
-        "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
-        "fused": lambda: tiled_attention(q, k, v, causal=True, fused=True, query_tile=rows),
-    }
+    batch = max(1, padded)
+    q, k, v = (torch.randn(batch, n, heads, d_head, generator=g).transpose(1, 2) for _ in range(3))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    padding = lengths = None
+    if padded:
+        lengths = [round(n * (b + 1) / batch) for b in range(batch)]
+        padding = torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        mask = causal[None, None] & padding[:, None, None, :]
+        runs = {"sdpa": lambda: sdpa(q, k, v, attn_mask=mask)}
+    else:
+        runs = {"sdpa": lambda: sdpa(q, k, v, is_causal=True)}
+    options = {"causal": True, "key_padding_mask": padding}
+    runs["fused"] = lambda: tiled_attention(q, k, v, fused=True, query_tile=rows, **options)
     if tiles:
-        runs["tiles"] = lambda: tiled_attention(q, k, v, causal=True, fused=False)
+        runs["tiles"] = lambda: tiled_attention(q, k, v, fused=False, **options)
     samples = interleaved(runs, repeats)
     row = {"n": n, "heads": heads, "d_head": d_head, "rows": rows, "samples": samples}
+    if lengths is not None:
+        row["lengths"] = lengths
     medians = {name: statistics.median(s) for name, s in samples.items()}
     row["median_s"] = medians
     row["min_s"] = {name: min(s) for name, s in samples.items()}
@@ -131,11 +149,14 @@ def main() -> None:
         results=RESULTS,
     )
     parser.add_argument("--skip-tiles", action="store_true", help="time SDPA and fused only")
+    parser.add_argument("--padded", type=int, default=0, help="a right-padded batch of B")
     args = parser.parse_args()
     report = new_report(args.threads)
     print(f"{'N':>6} | {'SDPA s':>8} | {'fused s':>8} | {'tiles s':>8} | fused/SDPA | tiles/SDPA")
     for n in (int(x) for x in args.sizes.split(",")):
-        row = measure(n, args.heads, args.d_head, args.rows, args.repeats, not args.skip_tiles)
+        row = measure(
+            n, args.heads, args.d_head, args.rows, args.repeats, not args.skip_tiles, args.padded
+        )
         report["results"].append(row)
         m, r = row["median_s"], row["ratio_to_sdpa"]
         tiles = f"{m['tiles']:8.3f}" if "tiles" in m else f"{'-':>8}"

@@ -1,10 +1,10 @@
 """Query-tiled attention that computes the output and per-head statistics in one pass.
 
-Plain causal self-attention statistics on the CPU (no padding, window, ALiBi, softcap,
-extra mask, top-k or kept maps: the common case of a capture) go to the compiled one-pass
-kernel of `solvers.attention` instead (`fused=`): the same results to float32 rounding,
-at the speed of torch's SDPA forward (docs/benchmarks.md). Everything else runs the torch
-tiles described below.
+Plain causal self-attention statistics on the CPU (no padding or right padding only; no
+window, ALiBi, softcap, extra mask, top-k or kept maps: the common case of a capture) go
+to the compiled one-pass kernel of `solvers.attention` instead (`fused=`): the same
+results to float32 rounding, at the speed of torch's SDPA forward (docs/benchmarks.md).
+Everything else runs the torch tiles described below.
 
 Eager attention materializes every head's N × N pattern. `tiled_attention`
 walks the queries in tiles of `query_tile` rows; for each tile it computes the
@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -452,10 +453,11 @@ def tiled_attention(
     - `scale` defaults to 1/√d_head. Scores, softmax, output accumulation and
       statistics run in float32; the output is cast back to the input dtype.
     - `query_tile`: rows per tile (default `default_query_tile`).
-    - `fused`: plain causal self-attention statistics on the CPU (no padding, window,
-      ALiBi, softcap, extra mask, top-k or maps) run in the compiled one-pass kernel of
-      `solvers.attention` (blocks of `query_tile` rows, default 256, over chunks of
-      2048 keys, on torch's thread count), the same results to float32 rounding.
+    - `fused`: plain causal self-attention statistics on the CPU (no padding but right
+      padding; no window, ALiBi, softcap, extra mask, top-k or maps) run in the compiled
+      one-pass kernel of `solvers.attention` (blocks of `query_tile` rows, default 256,
+      over chunks of 2048 keys, on torch's thread count), the same results to float32
+      rounding; the padded queries' outputs come from SDPA.
       None: whenever it applies; False: never; True: an error where it does not apply.
     Memory: a few float32 buffers of batch·head·query_tile·key, plus the results
     (O(batch·head·(query + key)), top-k O(batch·head·query·k), maps
@@ -498,15 +500,16 @@ def tiled_attention(
         and attn_mask is None
         and top_k is None
         and not map_heads
-        and (key_padding_mask is None or bool(key_padding_mask.all()))
     )
-    if fused and not plain:
+    lengths = _right_padded_lengths(key_padding_mask, batch, n_key) if plain else None
+    if fused and lengths is None:
         raise InputError(
             "fused=True needs CPU causal self-attention statistics with a positive scale and "
-            "without padding, window, ALiBi, softcap, an explicit mask, top_k or kept maps"
+            "without left or inner padding, window, ALiBi, softcap, an explicit mask, top_k "
+            "or kept maps"
         )
-    if plain and fused is not False:
-        return _fused_attention(q, k, v, scale, edges, sink_k, query_tile or DEFAULT_ROWS)
+    if lengths is not None and fused is not False:
+        return _fused_attention(q, k, v, scale, edges, sink_k, query_tile or DEFAULT_ROWS, lengths)
 
     keys = k.to(f32)
     values = v.to(f32)
@@ -688,10 +691,39 @@ _malloc_trim = None
 _TRIM_BYTES = 16 << 20
 
 
+def _right_padded_lengths(
+    key_padding_mask: Bool[Tensor, "batch key"] | None, batch: int, n_key: int
+) -> Tensor | None:
+    """Each sequence's length where the padding is on the right only (every row of the
+    mask a run of True from key 0, at least one); None for any other padding."""
+    if key_padding_mask is None:
+        return torch.full((batch,), n_key, dtype=torch.int64)
+    real = key_padding_mask.to("cpu").bool()
+    lengths = real.sum(dim=-1)
+    if bool((lengths < 1).any()):
+        return None
+    if not torch.equal(real, torch.arange(n_key)[None, :] < lengths[:, None]):
+        return None
+    return lengths
+
+
 def _fused_attention(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, edges: tuple[int, ...], sink_k: int, rows: int
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    edges: tuple[int, ...],
+    sink_k: int,
+    rows: int,
+    lengths: Int[Tensor, " batch"],
 ) -> TiledAttentionResult:
-    """Plain causal self-attention through the compiled kernel (`solvers.attention`)."""
+    """Causal self-attention through the compiled kernel (`solvers.attention`), each
+    sequence its first `lengths[b]` positions (right padding).
+
+    Under right padding a real query sees only real keys, so its statistics are those of
+    its sequence alone. Padded queries are not described (as in the tiles); their output,
+    attention over the sequence's real keys (what the masked tiles and Hugging Face's
+    eager attention give them), comes from SDPA."""
     batch, n_heads, n, _ = q.shape
     # Strided views as the model hands them over: the kernel copies one head at a time.
     arrays = [t.detach().to(torch.float32).numpy() for t in (q, k, v)]
@@ -705,19 +737,31 @@ def _fused_attention(
         workers=torch.get_num_threads(),
         rows=rows,
         keys=DEFAULT_KEYS,
+        lengths=lengths.numpy(),
     )
     del found["output"]  # written into `output`
+    for b, length in enumerate(lengths.tolist()):
+        if length < n:
+            output[b, :, length:] = F.scaled_dot_product_attention(
+                q[b : b + 1, :, length:].to(torch.float32),
+                k[b : b + 1, :, :length].to(torch.float32),
+                v[b : b + 1, :, :length].to(torch.float32),
+                scale=scale,
+                enable_gqa=True,
+            )[0]
     if output.numel() * output.element_size() >= _TRIM_BYTES:
         _release_free_heap()
     statistics = {name: torch.from_numpy(value) for name, value in found.items()}
-    # Causal self-attention without padding: key k is seen by the queries k..n−1.
-    visibility = torch.arange(n, 0, -1, dtype=torch.float32)
+    # Causal self-attention: real key k is seen by the real queries k..length−1.
+    position = torch.arange(n)
+    real = position[None, :] < lengths[:, None]  # [batch, n]
+    visibility = (lengths[:, None] - position[None, :]).clamp_min(0).to(torch.float32)
     return TiledAttentionResult(
         output=output.to(q.dtype),
-        query_mask=torch.ones(batch, n, dtype=torch.bool),
+        query_mask=real,
         distance_bin_edges=edges,
         sink_keys=sink_k,
         causal=True,
-        key_visibility=visibility.expand(batch, n_heads, n).contiguous(),
+        key_visibility=visibility[:, None].expand(batch, n_heads, n).contiguous(),
         **statistics,
     )

@@ -1,7 +1,8 @@
 """Fused causal self-attention with per-head statistics, compiled over BLAS.
 
 `causal_attention_statistics` computes what `kernels.tiled.tiled_attention` computes for
-plain causal self-attention (no padding, window, ALiBi, softcap or extra mask), reading
+plain causal self-attention (no padding but right padding: `lengths`; no window, ALiBi,
+softcap or extra mask), reading
 each score from memory at most twice where the torch tiles read it many times. For every
 (sequence, head) and every block of `rows` queries, over the block's keys in chunks of
 `keys` (FlashAttention's tiling, Dao et al. 2022; docs/methods.md §2.8):
@@ -125,6 +126,7 @@ def _attend(
     k,
     v,
     pairs,
+    lengths,
     group,
     scale,
     rows,
@@ -142,18 +144,19 @@ def _attend(
 
     q `[batch, head, n, d]`, k, v `[batch, kv_head, n, d]` float32 with any strides (each
     head is copied into contiguous scratch, O(n·d), so that the model's transposed views
-    need no full copy); out `[batch, head, n, d]` C-contiguous; per_query `[5, batch, head,
-    n]` = entropy, max weight, sink, previous, mean distance; work: this worker's scratch,
-    rows·chunks·keys + 3·n·d floats.
+    need no full copy); sequence b is its first `lengths[b]` positions (right padding: the
+    rows and keys beyond are left untouched); out `[batch, head, n, d]` C-contiguous;
+    per_query `[5, batch, head, n]` = entropy, max weight, sink, previous, mean distance;
+    work: this worker's scratch, rows·chunks·keys + 3·n·d floats.
     """
-    n, d = q.shape[2], q.shape[3]
+    size, d = q.shape[2], q.shape[3]
     n_bins = edges.shape[0] - 1
-    n_chunks = (n + keys - 1) // keys
+    n_chunks = (size + keys - 1) // keys
     store = work[: rows * n_chunks * keys]
-    heads = work[rows * n_chunks * keys : rows * n_chunks * keys + 3 * n * d]
-    qh = heads[: n * d].reshape(n, d)
-    kh = heads[n * d : 2 * n * d].reshape(n, d)
-    vh = heads[2 * n * d :].reshape(n, d)
+    heads = work[rows * n_chunks * keys : rows * n_chunks * keys + 3 * size * d]
+    q_all = heads[: size * d].reshape(size, d)
+    k_all = heads[size * d : 2 * size * d].reshape(size, d)
+    v_all = heads[2 * size * d :].reshape(size, d)
     best = np.empty(rows, np.float32)  # running maximum score per row
     first = np.empty(rows, np.int64)  # its first key
     z = np.empty(rows, np.float32)  # Σe, e = exp(scale·(s − best))
@@ -170,9 +173,11 @@ def _attend(
         b = pairs[index] // q.shape[1]
         h = pairs[index] % q.shape[1]
         kv = h // group
-        qh[:] = q[b, h]
-        kh[:] = k[b, kv]
-        vh[:] = v[b, kv]
+        n = lengths[b]
+        qh, kh, vh = q_all[:n], k_all[:n], v_all[:n]
+        qh[:] = q[b, h, :n]
+        kh[:] = k[b, kv, :n]
+        vh[:] = v[b, kv, :n]
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             height = r1 - r0
@@ -308,6 +313,19 @@ def _single_threaded_blas():
     return _blas_controller.limit(limits=1, user_api="blas")
 
 
+def _share(costs: np.ndarray, workers: int) -> list[np.ndarray]:
+    """The (sequence, head) pairs split among at most `workers` workers, longest first to
+    the least loaded (a pair costs ∝ length²: padded batches stay balanced)."""
+    count = max(1, min(workers, costs.shape[0]))
+    loads = np.zeros(count)
+    shares: list[list[int]] = [[] for _ in range(count)]
+    for pair in np.argsort(-costs, kind="stable"):
+        worker = int(np.argmin(loads))
+        shares[worker].append(int(pair))
+        loads[worker] += costs[pair]
+    return [np.array(sorted(share), dtype=np.int64) for share in shares if share]
+
+
 def causal_attention_statistics(
     q: np.ndarray,
     k: np.ndarray,
@@ -320,6 +338,7 @@ def causal_attention_statistics(
     rows: int = DEFAULT_ROWS,
     keys: int = DEFAULT_KEYS,
     out: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Causal self-attention output and statistics (see the module docstring).
 
@@ -330,6 +349,10 @@ def causal_attention_statistics(
     `mean_distance` `[batch, head, n]`, `argmax_key` int64 `[batch, head, n]`,
     `distance_histogram` `[batch, head, bin]`, `key_mass` `[batch, head, n]`. `out`: a
     C-contiguous float32 array of q's shape to write the output into (returned as `output`).
+    `lengths` `[batch]`: right-padded sequences, sequence b being its first lengths[b]
+    positions (default: all n). Its statistics are those of that prefix alone; rows beyond
+    it are not described (statistics 0, argmax −1, no key or histogram mass) and their
+    output is left as `out` holds it (zeros when `out` is None).
     """
     q, k, v = (np.asarray(a, dtype=np.float32) for a in (q, k, v))
     edges = np.ascontiguousarray(edges, dtype=np.int64)
@@ -344,26 +367,32 @@ def causal_attention_statistics(
         raise ValueError(f"sink_k must be >= 0, rows and keys >= 1, got {sink_k}, {rows}, {keys}")
     if not scale > 0:  # the exp takes scale·(s − max) ≤ 0
         raise ValueError(f"scale must be > 0, got {scale}")
-    if out is None:
-        out = np.empty(q.shape, np.float32)  # C-contiguous, whatever q's strides
+    if lengths is None:
+        lengths = np.full(batch, n, np.int64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if lengths.shape != (batch,) or lengths.min(initial=0) < 0 or lengths.max(initial=0) > n:
+        raise ValueError(f"lengths must be {batch} values in [0, {n}], got {lengths}")
+    padded = bool((lengths < n).any())
+    if out is None:  # C-contiguous, whatever q's strides
+        out = np.zeros(q.shape, np.float32) if padded else np.empty(q.shape, np.float32)
     elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {q.shape}")
     per_query = np.zeros((5, batch, heads, n), np.float32)
-    argmax = np.zeros((batch, heads, n), np.int64)
+    argmax = np.full((batch, heads, n), -1, np.int64)
     hist = np.zeros((batch, heads, edges.shape[0] - 1), np.float32)
     mass = np.zeros((batch, heads, n), np.float32)
     group = heads // k.shape[1]
     rows, keys = max(1, min(rows, n)), max(1, min(keys, n))  # scratch no larger than needed
     args = (group, np.float32(scale), rows, keys, edges, sink_k, out, per_query, argmax, hist, mass)
-    chunks = np.array_split(np.arange(batch * heads), max(1, min(workers, batch * heads)))
+    chunks = _share(lengths.repeat(heads).astype(np.float64) ** 2, workers)
     work = np.empty((len(chunks), rows * -(-n // keys) * keys + 3 * d * n), np.float32)
     with _single_threaded_blas():
         if len(chunks) == 1:
-            _attend(q, k, v, chunks[0], *args, work[0])
+            _attend(q, k, v, chunks[0], lengths, *args, work[0])
         else:
             pool = _workers()
             pairs = zip(chunks, work, strict=True)
-            jobs = [pool.submit(_attend, q, k, v, c, *args, w) for c, w in pairs]
+            jobs = [pool.submit(_attend, q, k, v, c, lengths, *args, w) for c, w in pairs]
             for job in jobs:
                 job.result()
     names = ("entropy", "max_weight", "sink_mass", "previous_token_mass", "mean_distance")

@@ -392,7 +392,7 @@ def test_transposed_views_and_a_scale_that_is_not_a_power_of_two(causal):
         result = check_against_reference(q, k, v, top_k=2, map_heads=[0, 5], **options)
         dense = tiled_attention(
             q.contiguous(), k.contiguous(), v.contiguous(),
-            causal=causal, key_padding_mask=padding, query_tile=8,
+            causal=causal, key_padding_mask=padding, query_tile=8, fused=False,
         )  # fmt: skip
         for name in ("output", "entropy", "mean_distance", "distance_histogram"):
             torch.testing.assert_close(getattr(result, name), getattr(dense, name), atol=0, rtol=0)
@@ -411,6 +411,7 @@ def test_transposed_views_and_a_scale_that_is_not_a_power_of_two(causal):
     keys=st.integers(1, 70),
     sink_k=st.integers(0, 3),
     bins=st.one_of(st.none(), st.integers(1, 4)),
+    cuts=st.one_of(st.none(), st.lists(st.integers(0, 160), min_size=2, max_size=2)),
 )
 @example(
     seed=3925,
@@ -424,25 +425,32 @@ def test_transposed_views_and_a_scale_that_is_not_a_power_of_two(causal):
     keys=2048,
     sink_k=0,
     bins=None,
+    cuts=None,
 )
 def test_fused_causal_kernel_matches_reference(
-    seed, batch, kv_heads, group, n, d, scale, rows, keys, sink_k, bins
+    seed, batch, kv_heads, group, n, d, scale, rows, keys, sink_k, bins, cuts
 ):
     """The compiled one-pass kernel (plain causal self-attention) against the float32
     oracle: output and every statistic, grouped-query heads, any block of rows and chunk
-    of keys (a row's maximum met in a later chunk rescales its running sums).
+    of keys (a row's maximum met in a later chunk rescales its running sums), and right
+    padding (`cuts`: each sequence `cut` tokens shorter, at least 1 long; padded queries
+    undescribed, their output attention over the real keys).
 
     The output's tolerance is 3·10⁻⁵ (statistics keep 10⁻⁵): where two near-equal weights
     meet values of opposite sign the output cancels, and the float32 oracle itself is then
     that far from float64 (the @example: oracle 1.26·10⁻⁵ off, this kernel 2.8·10⁻⁶).
     """
     q, k, v = random_qkv(seed, batch, kv_heads * group, kv_heads, n, n, d, scale)
+    padding = None
+    if cuts is not None:
+        padding = key_padding_from_lengths([max(1, n - cut) for cut in cuts[:batch]], n)
     with mock.patch.object(tiled_module, "DEFAULT_KEYS", keys):
         check_against_reference(
             q,
             k,
             v,
             causal=True,
+            padding=padding,
             tile=rows,
             sink_k=sink_k,
             distance_bins=bins,
@@ -499,9 +507,19 @@ def test_fused_kernel_is_the_default_where_it_applies(monkeypatch):
     for extra in ({"causal": False}, {"top_k": 2}, {"window": 4}, {"keep_maps_for_heads": [0]}):
         with pytest.raises(InputError, match="fused=True"):
             tiled_attention(q, k, v, **({"causal": True} | extra), fused=True)
-    padding = key_padding_from_lengths([30], 40, side="right")
-    with pytest.raises(InputError, match="fused=True"):
-        tiled_attention(q, k, v, causal=True, key_padding_mask=padding, fused=True)
+    calls.clear()
+    right = key_padding_from_lengths([30], 40, side="right")
+    tiled_attention(q, k, v, causal=True, key_padding_mask=right, fused=True)
+    assert calls == []  # right padding: the compiled path
+    inner = right.clone()
+    inner[0, 10] = False
+    empty = torch.zeros(1, 40, dtype=torch.bool)
+    for padding in (key_padding_from_lengths([30], 40, side="left"), inner, empty):
+        with pytest.raises(InputError, match="fused=True"):
+            tiled_attention(q, k, v, causal=True, key_padding_mask=padding, fused=True)
+        tiled_attention(q, k, v, causal=True, key_padding_mask=padding)
+        assert calls  # by default: the tiles
+        calls.clear()
     with pytest.raises(InputError, match="fused=True"):
         tiled_attention(q, k, v, causal=True, scale=-0.5, fused=True)
     calls.clear()

@@ -58,6 +58,28 @@ def test_stats_equal_statistics_of_eager_maps(tiny_models, arch):
     )
 
 
+@pytest.mark.parametrize(("arch", "compiled"), [("gpt2", True), ("llama", True), ("bert", False)])
+def test_a_padded_causal_batch_takes_the_compiled_kernel(tiny_models, arch, compiled, monkeypatch):
+    """The right-padded batch of PROMPTS (whose statistics the test above checks against
+    eager maps) runs every causal layer through the compiled kernel with each prompt's
+    length; the bidirectional encoder takes the torch tiles."""
+    from headscope.kernels import tiled
+
+    model = tiny_models[arch]
+    seen = []
+    kernel = tiled.causal_attention_statistics
+
+    def recording(*args, lengths=None, **kwargs):
+        seen.append(None if lengths is None else lengths.tolist())
+        return kernel(*args, lengths=lengths, **kwargs)
+
+    monkeypatch.setattr(tiled, "causal_attention_statistics", recording)
+    stats = hs.capture(model, PROMPTS, mode="stats")
+    lengths = list(stats.lengths)
+    assert lengths[0] > lengths[1]  # padded
+    assert seen == ([lengths] * model.spec.n_layers if compiled else [])
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
 def test_tiled_maps_equal_eager_maps(tiny_models, arch):
     model = tiny_models[arch]

@@ -55,6 +55,52 @@ def test_workers_do_not_change_results():
         np.testing.assert_array_equal(value, many[name], err_msg=name)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_right_padded_sequence_is_its_prefix_alone(workers):
+    """`lengths`: sequence b's statistics are those of its first lengths[b] positions run
+    alone; rows beyond are undescribed (0, argmax −1, no key or histogram mass) and their
+    output is left as `out` held it (zeros without `out`)."""
+    rng = np.random.default_rng(5)
+    n, lengths = 70, np.array([70, 23, 1, 0])
+    q, k, v = (rng.standard_normal((4, 4, n, 8)).astype(np.float32) for _ in range(3))
+    k, v = k[:, :2], v[:, :2]  # grouped-query: 2 query heads per kv head
+    edges = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128])
+    options = {"scale": 0.4, "edges": edges, "sink_k": 2, "rows": 16, "keys": 9}
+    padded = causal_attention_statistics(q, k, v, lengths=lengths, workers=workers, **options)
+    for b, length in enumerate(lengths):
+        pad = slice(length, None)
+        assert not padded["output"][b, :, pad].any()
+        assert (padded["argmax_key"][b, :, pad] == -1).all()
+        for name in ("entropy", "max_weight", "sink_mass", "key_mass", "mean_distance"):
+            assert not padded[name][b, :, pad].any(), name
+        if length == 0:
+            assert not padded["distance_histogram"][b].any()
+            continue
+        alone = causal_attention_statistics(
+            *(a[b : b + 1, :, :length] for a in (q, k, v)), **options
+        )
+        for name, value in alone.items():
+            got = padded[name][b : b + 1]
+            if name != "distance_histogram":  # per position: the prefix
+                got = got[:, :, :length]
+            np.testing.assert_allclose(got, value, rtol=1e-6, atol=1e-6, err_msg=name)
+    marked = np.full(q.shape, 7.0, np.float32)
+    causal_attention_statistics(q, k, v, lengths=lengths, out=marked, **options)
+    assert (marked[1, :, 23:] == 7.0).all() and (marked[1, :, :23] != 7.0).all()
+
+
+def test_pairs_are_shared_by_cost():
+    """Every (sequence, head) pair goes to exactly one worker; with padded lengths the
+    longest go first to the least loaded, so no worker holds all the long ones."""
+    costs = np.array([100.0, 100.0, 1.0, 1.0, 1.0, 1.0, 90.0, 90.0]) ** 2
+    shares = attention._share(costs, 2)
+    assert sorted(np.concatenate(shares).tolist()) == list(range(8))
+    loads = [float(costs[share].sum()) for share in shares]
+    assert loads[0] == loads[1] == costs.sum() / 2  # (100² + 90² + 1 + 1) each
+    assert len(attention._share(costs, 20)) == 8  # no idle worker gets an empty share
+    assert [s.tolist() for s in attention._share(costs, 1)] == [list(range(8))]
+
+
 def test_argument_checks():
     q = np.zeros((1, 4, 8, 2), np.float32)
     edges = np.array([0, 1, 2, 4, 8])
@@ -69,6 +115,11 @@ def test_argument_checks():
     for blocks in ({"rows": 0}, {"keys": 0}):
         with pytest.raises(ValueError, match="keys"):
             causal_attention_statistics(q, q, q, scale=1.0, edges=edges, sink_k=1, **blocks)
+    for lengths in ([9], [4, 4], [-1]):  # longer than n, one per sequence, not negative
+        with pytest.raises(ValueError, match="lengths"):
+            causal_attention_statistics(
+                q, q, q, scale=1.0, edges=edges, sink_k=1, lengths=np.array(lengths)
+            )
     for scale in (0.0, -0.5, float("nan")):
         with pytest.raises(ValueError, match="scale"):
             causal_attention_statistics(q, q, q, scale=scale, edges=edges, sink_k=1)
